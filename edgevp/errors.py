@@ -1,0 +1,62 @@
+"""User-facing errors and the CLI's documented exit codes."""
+from __future__ import annotations
+
+# Exit codes (documented in the README and in `edgevp --help`).
+EXIT_OK = 0
+EXIT_FAILURE = 1  # unexpected internal error (traceback with -v)
+EXIT_USAGE = 2  # bad recipe key, wrong type, unknown backbone/method, invalid value
+EXIT_VERIFY = 3  # an artifact failed verification (parity / accuracy outside tolerance)
+EXIT_MISSING = 4  # missing optional dependency, hardware or offline asset (weights, GPU, TensorRT)
+EXIT_DATA = 5  # missing or empty dataset, unreadable image
+EXIT_INCOMPATIBLE = 6  # run directory or checkpoint from another backbone, method or version
+EXIT_DIVERGED = 7  # training produced a NaN/inf loss
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM; the run can be resumed
+
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_FAILURE: "unexpected error (rerun with -v for the traceback)",
+    EXIT_USAGE: "usage or configuration error",
+    EXIT_VERIFY: "verification failed",
+    EXIT_MISSING: "missing dependency, hardware or offline asset",
+    EXIT_DATA: "dataset missing, empty or unreadable",
+    EXIT_INCOMPATIBLE: "incompatible run directory or checkpoint",
+    EXIT_DIVERGED: "training diverged (NaN/inf loss)",
+    EXIT_INTERRUPTED: "interrupted; resume with --resume",
+}
+
+
+class EdgevpError(Exception):
+    """An error caused by the user's input or environment; printed as one line, no traceback."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+    def line(self) -> str:
+        return f"{self}" + (f" ({self.hint})" if self.hint else "")
+
+
+class ConfigError(EdgevpError):
+    exit_code = EXIT_USAGE
+
+
+class MissingError(EdgevpError):
+    exit_code = EXIT_MISSING
+
+
+class DataError(EdgevpError):
+    exit_code = EXIT_DATA
+
+
+class IncompatibleError(EdgevpError):
+    exit_code = EXIT_INCOMPATIBLE
+
+
+class DivergedError(EdgevpError):
+    exit_code = EXIT_DIVERGED
+
+
+class VerificationError(EdgevpError):
+    exit_code = EXIT_VERIFY

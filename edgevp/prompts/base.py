@@ -1,0 +1,174 @@
+"""The common prompt-method interface and the PromptedModel wrapper that every stage passes around.
+
+A PromptedModel takes images in [0, 1] at the backbone's input size and computes
+    logits = map_logits(backbone(normalize(pixel_prompt(x))))
+where the backbone's blocks/attention may be wrapped by the method while it is attached. The backbone's weights
+are frozen; what trains is decided structurally: the method's parameters that require grad, plus the new head.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from ..backbone import BackboneInfo, count_params
+from ..config import PromptConfig
+from ..errors import ConfigError
+
+
+class PromptMethod(nn.Module):
+    """Owns the prompt tensors of one method and knows how to attach them to a backbone.
+
+    Subclasses set `config_cls` and are registered with `@register_method(name)`.
+    """
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[PromptConfig]] = PromptConfig
+    needs_vit: ClassVar[bool] = False  # token/attention prompts need a timm VisionTransformer
+    can_condense: ClassVar[bool] = False  # has per-token prompts that condensation can rank and remove
+
+    def __init__(self, config: PromptConfig, info: BackboneInfo):
+        super().__init__()
+        if self.needs_vit and not info.is_vit:
+            raise ConfigError(f"method '{self.name}' needs a timm VisionTransformer backbone, got '{info.name}'",
+                              "use method=lorvp or method=linear for other backbones")
+        self.config = config
+        self.info = info
+        self._restore: list[tuple[nn.Module, str, nn.Module]] = []
+
+    # -- attaching ---------------------------------------------------------------------------------------------
+    def attach(self, backbone: nn.Module) -> None:
+        """Wrap backbone modules in place. The default attaches nothing (pixel prompts, linear probe)."""
+
+    def _swap(self, parent: nn.Module, attr: str, new: nn.Module) -> None:
+        """Replace `parent.attr` (or `parent[int(attr)]`) by `new`, remembering the original for detach."""
+        old = parent[int(attr)] if attr.isdigit() else getattr(parent, attr)
+        self._restore.append((parent, attr, old))
+        if attr.isdigit():
+            parent[int(attr)] = new
+        else:
+            setattr(parent, attr, new)
+
+    def detach(self, backbone: nn.Module) -> None:
+        """Put back every original module exactly as it was."""
+        for parent, attr, old in reversed(self._restore):
+            if attr.isdigit():
+                parent[int(attr)] = old
+            else:
+                setattr(parent, attr, old)
+        self._restore.clear()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._restore)
+
+    # -- forward hooks ------------------------------------------------------------------------------------------
+    def pixel(self, x: torch.Tensor) -> torch.Tensor:
+        """Transform images in [0, 1] pixel space before normalisation (LoR-VP)."""
+        return x
+
+    def map_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Map backbone logits to task logits (label mappings)."""
+        return logits
+
+    @classmethod
+    def wants_new_head(cls, config: PromptConfig) -> bool:
+        """Whether the backbone's classifier is replaced by a new trainable head for the task."""
+        return True
+
+    @property
+    def new_head(self) -> bool:
+        return self.wants_new_head(self.config)
+
+    def before_epoch(self, model: PromptedModel, loader: Any, epoch: int) -> None:
+        """Called by the training loop before each epoch (label mappings are computed here)."""
+
+    # -- accounting ---------------------------------------------------------------------------------------------
+    def extra_tokens(self) -> list[tuple[int, int]]:
+        """Per block: (tokens added to the query side, tokens added to the key/value side)."""
+        return [(0, 0)] * self.info.depth
+
+    def prompt_param_count(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class PromptedModel(nn.Module):
+    """Backbone + attached prompt method + preprocessing normalisation; input is images in [0, 1]."""
+
+    def __init__(self, backbone: nn.Module, method: PromptMethod, info: BackboneInfo):
+        super().__init__()
+        self.backbone = backbone
+        self.method = method
+        self.info = info
+        self.register_buffer("mean", torch.tensor(info.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(info.std).view(1, -1, 1, 1), persistent=False)
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        if method.new_head:
+            for p in self.head.parameters():
+                p.requires_grad_(True)
+        method.attach(backbone)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.backbone.get_classifier()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.method.pixel(x)
+        x = (x - self.mean) / self.std
+        return self.method.map_logits(self.backbone(x))
+
+    def train(self, mode: bool = True) -> PromptedModel:
+        """Only the method (prompt dropout) follows `mode`; the frozen backbone always stays in eval mode."""
+        self.training = mode
+        self.method.train(mode)
+        self.backbone.eval()
+        return self
+
+    def detach_method(self) -> nn.Module:
+        """Remove the prompts and return the plain backbone (with the task head, if any)."""
+        self.method.detach(self.backbone)
+        return self.backbone
+
+    # -- trainable set and checkpoints --------------------------------------------------------------------------
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for n, p in self.method.named_parameters():
+            if p.requires_grad:
+                yield f"method.{n}", p
+        if self.method.new_head:
+            for n, p in self.head.named_parameters():
+                yield f"head.{n}", p
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Everything a checkpoint needs: the method's tensors (parameters and buffers) and the task head."""
+        state = {f"method.{k}": v.detach().clone() for k, v in self.method.state_dict().items()}
+        if self.method.new_head:
+            state.update({f"head.{k}": v.detach().clone() for k, v in self.head.state_dict().items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.trainable_state()
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        bad = [k for k in own if k in state and own[k].numel() and own[k].shape != state[k].shape]
+        if missing or extra or bad:
+            from ..errors import IncompatibleError
+
+            raise IncompatibleError(
+                "checkpoint does not fit this model"
+                + (f": missing {missing[:3]}" if missing else "") + (f": unexpected {extra[:3]}" if extra else "")
+                + (f": shape mismatch {bad[:3]}" if bad else ""))
+        self.method.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("method.")})
+        if self.method.new_head:
+            self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+
+    def param_summary(self) -> dict[str, int]:
+        trainable = sum(p.numel() for _, p in self.trainable_parameters())
+        total = count_params(self.backbone) + sum(p.numel() for p in self.method.parameters())
+        return {"trainable": trainable, "total": total, "prompt": self.method.prompt_param_count(),
+                "head": count_params(self.head) if self.method.new_head else 0}
+
+    def param_line(self) -> str:
+        s = self.param_summary()
+        return (f"trainable params: {s['trainable']:,} || all params: {s['total']:,} || "
+                f"trainable%: {100 * s['trainable'] / max(s['total'], 1):.4f}")

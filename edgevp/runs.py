@@ -1,0 +1,172 @@
+"""Run directories: resolved config, manifest, metrics, and prompt(+head)-only safetensors checkpoints.
+
+    RUN/config.yaml                 resolved RunConfig (every default materialised)
+    RUN/manifest.json               versions, seeds, input hashes, stages with timings, parameter counts, memory
+    RUN/metrics.jsonl               one JSON line per evaluated epoch
+    RUN/log.txt                     the human log
+    RUN/checkpoints/{best,last}.safetensors   method + head tensors; header: method, backbone, config, version
+    RUN/checkpoints/resume.pt       optimizer / progress / RNG state for --resume (the only pickle)
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig, build_run_config, load_yaml, run_config_to_yaml, to_dict
+from .errors import IncompatibleError
+from .io import atomic_path, read_json, write_json, write_text
+
+SCHEMA_VERSION = 1
+CHECKPOINT_FORMAT = "edgevp-prompt-v1"
+
+
+def edgevp_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def environment() -> dict[str, Any]:
+    from importlib import metadata
+
+    versions = {}
+    for pkg in ("torch", "timm", "torchvision", "safetensors", "numpy", "onnx", "onnxruntime", "tensorrt"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    env = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": platform.processor() or
+           platform.machine(), "torch_threads": torch.get_num_threads(), "packages": versions}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{cfg.method}-{cfg.backbone.name.split('.')[0]}-{cfg.data.name}-s{cfg.train.seed}"
+
+
+class RunDir:
+    """A run directory on disk."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.yaml")
+    manifest_path = property(lambda self: self.path / "manifest.json")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    log_path = property(lambda self: self.path / "log.txt")
+    ckpt_dir = property(lambda self: self.path / "checkpoints")
+    resume_path = property(lambda self: self.path / "checkpoints" / "resume.pt")
+
+    def checkpoint(self, which: str = "best") -> Path:
+        return self.ckpt_dir / f"{which}.safetensors"
+
+    @classmethod
+    def create(cls, path: Path, cfg: RunConfig, command: list[str], inputs: dict) -> RunDir:
+        run = cls(path)
+        run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run.config_path, run_config_to_yaml(cfg))
+        write_json(run.manifest_path, {
+            "schema_version": SCHEMA_VERSION, "run_id": path.name, "created_at": now(), "command": command,
+            "edgevp_version": edgevp_version(), "method": cfg.method, "backbone": cfg.backbone.name,
+            "seed": cfg.train.seed, "deterministic": cfg.train.deterministic, "env": environment(),
+            "inputs": inputs, "stages": [],
+        })
+        return run
+
+    # -- reading -------------------------------------------------------------------------------------------------
+    def manifest(self) -> dict:
+        if not self.manifest_path.is_file():
+            raise IncompatibleError(f"'{self.path}' is not an edgevp run directory (no manifest.json)")
+        try:
+            m = read_json(self.manifest_path)
+        except json.JSONDecodeError:
+            raise IncompatibleError(f"'{self.manifest_path}' is corrupt (not JSON)") from None
+        if m.get("schema_version", 0) > SCHEMA_VERSION:
+            raise IncompatibleError(f"run '{self.path}' was written by a newer edgevp (schema {m['schema_version']})",
+                                    "upgrade edgevp")
+        return m
+
+    def config(self) -> RunConfig:
+        if not self.config_path.is_file():
+            raise IncompatibleError(f"'{self.path}' has no config.yaml; it is not a complete run directory")
+        return build_run_config(load_yaml(self.config_path))
+
+    def metrics(self) -> list[dict]:
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    # -- manifest updates ------------------------------------------------------------------------------------------
+    def update_manifest(self, **fields: Any) -> None:
+        m = self.manifest()
+        m.update(fields)
+        write_json(self.manifest_path, m)
+
+    def set_stage(self, name: str, **fields: Any) -> None:
+        """Create or update the latest record of stage `name`."""
+        m = self.manifest()
+        stages = m.setdefault("stages", [])
+        rec = next((s for s in reversed(stages) if s["name"] == name), None)
+        if rec is None or fields.get("status") == "running" and rec.get("status") != "running":
+            rec = {"name": name, "started_at": now()}
+            stages.append(rec)
+        rec.update(fields)
+        write_json(self.manifest_path, m)
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, state: dict[str, torch.Tensor], cfg: RunConfig, **meta: Any) -> None:
+    from safetensors.torch import save_file
+
+    header = {"format": CHECKPOINT_FORMAT, "edgevp_version": edgevp_version(), "method": cfg.method,
+              "backbone": cfg.backbone.name, "config": json.dumps(to_dict(cfg)),
+              **{k: str(v) for k, v in meta.items()}}
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=header)
+
+
+def read_checkpoint(path: Path, cfg: RunConfig | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a prompt checkpoint; when `cfg` is given, refuse one from another method or backbone."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise IncompatibleError(f"checkpoint '{path}' not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise IncompatibleError(f"checkpoint '{path}' is unreadable: {type(e).__name__}") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise IncompatibleError(f"'{path}' is not an edgevp prompt checkpoint (format {meta.get('format')!r})")
+    if cfg is not None:
+        for key, want in (("method", cfg.method), ("backbone", cfg.backbone.name)):
+            if meta.get(key) != want:
+                raise IncompatibleError(f"checkpoint '{path}' is for {key} '{meta.get(key)}', not '{want}'")
+    return state, meta
+
+
+def save_resume(run: RunDir, payload: dict) -> None:
+    with atomic_path(run.resume_path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_resume(run: RunDir) -> dict | None:
+    if not run.resume_path.is_file():
+        return None
+    return torch.load(run.resume_path, map_location="cpu", weights_only=False)

@@ -1,0 +1,321 @@
+"""Training: `fit` runs epochs of `train_one_epoch` + `evaluate`, checkpointing so that an interrupted run resumes
+to the same result (data order, augmentation and dropout are all functions of the seed and the step)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import resource
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import RunConfig, TrainConfig
+from .console import Reporter
+from .data import EpochSampler, ImageTransform, Splits, load_splits, make_loader
+from .errors import EXIT_INTERRUPTED, DivergedError, EdgevpError, IncompatibleError, MissingError
+from .io import append_jsonl, write_text
+from .model import build_model
+from .prompts.base import PromptedModel
+from .runs import RunDir, default_run_name, load_resume, read_checkpoint, save_checkpoint, save_resume
+
+
+class Interrupted(EdgevpError):
+    """Training stopped on request after saving a resumable checkpoint."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int
+    best_epoch: int
+    best_val_top1: float
+    test_top1: float | None
+    train_seconds: float
+    params: dict[str, int]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MissingError(f"train.device={name} but no CUDA GPU is available", "use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up then cosine decay to min_lr, stepped per iteration."""
+    total = cfg.epochs * steps_per_epoch
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(total - warm, 1)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def make_optimizer(model: PromptedModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for _, p in model.trainable_parameters()]
+    if not params:
+        raise EdgevpError("nothing to train: the method has no trainable parameters and no head")
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: PromptedModel, loader, device: torch.device, amp: bool = False) -> dict[str, float]:
+    """Loss, top-1 and top-5 (%) over a loader."""
+    model.eval()
+    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        pred = logits.topk(k, dim=1).indices
+        top1 += (pred[:, 0] == y).sum().item()
+        top5 += (pred == y[:, None]).any(dim=1).sum().item()
+        n += len(y)
+    n = max(n, 1)
+    return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM (a second SIGINT interrupts at once) or after `stop_after_steps` steps (tests)."""
+
+    def __init__(self, stop_after_steps: int | None = None):
+        self.set = False
+        self.stop_after_steps = stop_after_steps
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.set and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def check(self, steps_done: int) -> bool:
+        if self.stop_after_steps is not None and steps_done >= self.stop_after_steps:
+            self.set = True
+        return self.set
+
+
+def _peak_mem_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def prepare(cfg: RunConfig) -> tuple[Splits, PromptedModel]:
+    """Load the data splits and build the model, with the transform from the backbone's own data config."""
+    splits = load_splits(cfg.data)
+    model = build_model(cfg, len(splits.classes))
+    info = model.info
+    splits.set_transform(ImageTransform(size=info.input_size[-1], interpolation=info.interpolation,
+                                        resize=cfg.data.resize, crop_pct=info.crop_pct, augment=cfg.data.augment),
+                         cfg.data.split_seed)
+    return splits, model
+
+
+def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None = None, *, runs_root: str = "runs",
+        command: list[str] | None = None, recipe_sha256: str | None = None, reporter: Reporter | None = None,
+        stop_after_steps: int | None = None) -> TrainResult:
+    """Train `cfg` into a new run directory (or continue `resume`); returns the final metrics.
+
+    Example:
+        >>> result = fit(build_run_config(load_yaml("recipes/dinov2_fmnist/vpt_deep.yaml")), out="runs/vpt")
+    """
+    if resume is not None:
+        run = RunDir(resume)
+        run.manifest()
+        cfg = run.config()
+        state = load_resume(run)
+        if state is None:
+            raise IncompatibleError(f"run '{run.path}' has no resume state", "start a new run instead")
+    else:
+        path = Path(out) if out is not None else Path(runs_root) / (cfg.name or default_run_name(cfg))
+        if (path / "manifest.json").exists():
+            raise IncompatibleError(f"run directory '{path}' already exists", f"resume it: --resume {path}")
+        state = None
+    tcfg = cfg.train
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    device = resolve_device(tcfg.device)
+    seed_everything(tcfg.seed, tcfg.deterministic)
+    splits, model = prepare(cfg)
+    model.to(device)
+    if resume is None:
+        inputs = {"backbone": cfg.backbone.name, "weights": cfg.backbone.weights,
+                  "weights_sha256": model.info.weights_sha256, "data": splits.source, "recipe_sha256": recipe_sha256,
+                  "data_config": model.info.data_config,
+                  "split_sizes": {k: len(v) for k, v in (("train", splits.train), ("val", splits.val),
+                                                         ("test", splits.test)) if v is not None}}
+        run = RunDir.create(path, cfg, command or [], inputs)
+    rep = reporter or Reporter()
+    rep.log_file = run.log_path
+    rep.log(model.param_line())
+    rep.log(f"run directory: {run.path}")
+    optimizer = make_optimizer(model, tcfg)
+    start = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_top1": -1.0, "best_epoch": -1,
+             "train_sums": [0.0, 0, 0], "seconds": 0.0}
+    if state is not None:
+        model.load_trainable_state(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start = state["progress"]
+        kept = [m for m in run.metrics() if m["epoch"] < start["epoch"]]
+        write_text(run.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
+        rep.log(f"resuming at epoch {start['epoch'] + 1} step {start['step_in_epoch']}")
+    run.set_stage("train", status="running", device=str(device))
+    bs = cfg.data.batch_size
+    ebs = cfg.data.eval_batch_size or bs
+    steps_per_epoch = math.ceil(len(splits.train) / bs)
+    val_loader = make_loader(splits.val, ebs, cfg.data.num_workers)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and tcfg.amp
+                                  and not torch.cuda.is_bf16_supported())
+    progress = dict(start)
+    t_start = time.time()
+
+    def checkpoint(epoch_done: bool) -> None:
+        progress["seconds"] = start["seconds"] + time.time() - t_start
+        save_checkpoint(run.checkpoint("last"), model.trainable_state(), cfg, num_classes=len(splits.classes),
+                        epoch=progress["epoch"])
+        save_resume(run, {"model": model.trainable_state(), "optimizer": optimizer.state_dict(),
+                          "torch_rng": torch.get_rng_state(), "progress": dict(progress)})
+
+    with _StopFlag(stop_after_steps) as stop:
+        try:
+            for epoch in range(start["epoch"], tcfg.epochs):
+                skip = progress["step_in_epoch"] * bs if epoch == start["epoch"] else 0
+                splits.train.epoch = epoch
+                model.method.before_epoch(model, make_loader(splits.train, ebs, cfg.data.num_workers), epoch)
+                loader = make_loader(splits.train, bs, cfg.data.num_workers,
+                                     EpochSampler(len(splits.train), tcfg.seed, epoch, skip))
+                model.train()
+                rep.start_bar(f"epoch {epoch + 1}/{tcfg.epochs}", steps_per_epoch, progress["step_in_epoch"])
+                t_epoch = time.time()
+                for x, y in loader:
+                    lr = lr_at(tcfg, progress["global_step"], steps_per_epoch)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    with _autocast(device, tcfg.amp):
+                        logits = model(x)
+                        loss = F.cross_entropy(logits.float(), y, label_smoothing=tcfg.label_smoothing)
+                    if not torch.isfinite(loss):
+                        raise DivergedError(f"loss became {loss.item()} at epoch {epoch + 1} step "
+                                            f"{progress['step_in_epoch'] + 1}",
+                                            "lower train.lr or enable train.grad_clip; the last checkpoint is kept")
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if tcfg.grad_clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_([p for _, p in model.trainable_parameters()], tcfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    sums = progress["train_sums"]
+                    sums[0] += loss.item() * len(y)
+                    sums[1] += (logits.argmax(1) == y).sum().item()
+                    sums[2] += len(y)
+                    progress["step_in_epoch"] += 1
+                    progress["global_step"] += 1
+                    info = f"loss {sums[0] / sums[2]:.4f} lr {lr:.3g}"
+                    rep.advance_bar(info)
+                    if not rep.tty and progress["step_in_epoch"] % tcfg.log_every == 0:
+                        rep.log(f"epoch {epoch + 1}/{tcfg.epochs} step {progress['step_in_epoch']}/{steps_per_epoch} "
+                                f"{info}")
+                    if tcfg.ckpt_every_steps and progress["global_step"] % tcfg.ckpt_every_steps == 0:
+                        checkpoint(False)
+                    if stop.check(progress["global_step"] - start["global_step"]):
+                        checkpoint(False)
+                        raise Interrupted(f"interrupted at epoch {epoch + 1} step {progress['step_in_epoch']}; "
+                                          "checkpoint saved", f"resume: edgevp train --resume {run.path}")
+                rep.stop_bar()
+                sums = progress["train_sums"]
+                record = {"epoch": epoch, "train_loss": sums[0] / max(sums[2], 1),
+                          "train_top1": 100.0 * sums[1] / max(sums[2], 1), "lr": lr,
+                          "epoch_seconds": round(time.time() - t_epoch, 3)}
+                if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
+                    val = evaluate(model, val_loader, device, tcfg.amp)
+                    record.update({f"val_{k}": v for k, v in val.items()})
+                    if val["top1"] > progress["best_top1"]:
+                        progress["best_top1"], progress["best_epoch"] = val["top1"], epoch
+                        save_checkpoint(run.checkpoint("best"), model.trainable_state(), cfg,
+                                        num_classes=len(splits.classes), epoch=epoch, val_top1=val["top1"])
+                progress.update(epoch=epoch + 1, step_in_epoch=0, train_sums=[0.0, 0, 0])
+                checkpoint(True)
+                append_jsonl(run.metrics_path, record)
+                rep.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        except Interrupted:
+            rep.stop_bar()
+            run.set_stage("train", status="interrupted", seconds=round(progress["seconds"], 3))
+            raise
+        except BaseException as e:
+            rep.stop_bar()
+            run.set_stage("train", status="failed", error=f"{type(e).__name__}: {e}")
+            raise
+    return _finish(run, cfg, model, splits, device, progress, rep)
+
+
+def _finish(run: RunDir, cfg: RunConfig, model: PromptedModel, splits: Splits, device: torch.device,
+            progress: dict, rep: Reporter) -> TrainResult:
+    state, _ = read_checkpoint(run.checkpoint("best"), cfg)
+    model.load_trainable_state(state)
+    test = None
+    if splits.test is not None:
+        test = evaluate(model, make_loader(splits.test, cfg.data.eval_batch_size or cfg.data.batch_size,
+                                           cfg.data.num_workers), device, cfg.train.amp)
+        rep.log(f"test (best epoch {progress['best_epoch'] + 1}): top1 {test['top1']:.2f} loss {test['loss']:.4f}")
+    params = model.param_summary()
+    train_info = {"trainable_params": params["trainable"], "total_params": params["total"],
+                  "prompt_params": params["prompt"], "head_params": params["head"],
+                  "train_seconds": round(progress["seconds"], 3), "peak_mem_mib": round(_peak_mem_mib(device), 1),
+                  "best_epoch": progress["best_epoch"], "best_val_top1": progress["best_top1"],
+                  "test_top1": test and test["top1"], "test_loss": test and test["loss"]}
+    run.update_manifest(train_info=train_info)
+    run.set_stage("train", status="completed", seconds=train_info["train_seconds"])
+    return TrainResult(run.path, cfg.train.epochs, progress["best_epoch"], progress["best_top1"],
+                       test and test["top1"], progress["seconds"], params)
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
