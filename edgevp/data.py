@@ -113,7 +113,7 @@ def _read_image(path: str) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("L" if im.mode in ("L", "I;16", "I", "1") else "RGB"))
+            return np.array(im.convert("L" if im.mode in ("L", "I;16", "I", "1") else "RGB"))
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"cannot read image '{path}': {type(e).__name__}", "remove or replace the file") from None
 
@@ -137,7 +137,7 @@ def _read_idx(path: Path) -> np.ndarray:
         b = f.read()
     nd = b[3]
     dims = [int.from_bytes(b[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd)]
-    return np.frombuffer(b, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
+    return np.frombuffer(b, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims).copy()
 
 
 def _sha256(path: Path) -> str:
@@ -275,5 +275,6 @@ class EpochSampler(Sampler[int]):
 
 
 def make_loader(ds: Dataset, batch_size: int, num_workers: int = 0, sampler: Sampler | None = None) -> DataLoader:
+    # an own generator: creating an iterator must not draw from the global RNG (dropout), or resume would drift
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-                      drop_last=False, persistent_workers=False)
+                      drop_last=False, persistent_workers=False, generator=torch.Generator().manual_seed(0))

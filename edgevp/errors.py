@@ -31,11 +31,11 @@ class EdgevpError(Exception):
     exit_code = EXIT_FAILURE
 
     def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.hint = hint
+        super().__init__(message + (f" ({hint})" if hint else ""))
+        self.message, self.hint = message, hint
 
     def line(self) -> str:
-        return f"{self}" + (f" ({self.hint})" if self.hint else "")
+        return str(self)
 
 
 class ConfigError(EdgevpError):

@@ -21,8 +21,8 @@ def build_model(cfg: RunConfig, num_classes: int) -> PromptedModel:
     """
     method_cls = get_method(cfg.method)
     new_head = method_cls.wants_new_head(cfg.prompt)
+    torch.manual_seed(cfg.train.seed)  # random-init backbones, the head and the prompts are all seeded
     backbone, info = create_backbone(cfg.backbone, num_classes if new_head else None)
-    torch.manual_seed(cfg.train.seed)
     if new_head:
         set_head(backbone, cfg.train.head_init)
     method = method_cls(cfg.prompt, info)

@@ -272,7 +272,8 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None
                 rep.stop_bar()
                 sums = progress["train_sums"]
                 record = {"epoch": epoch, "train_loss": sums[0] / max(sums[2], 1),
-                          "train_top1": 100.0 * sums[1] / max(sums[2], 1), "lr": lr,
+                          "train_top1": 100.0 * sums[1] / max(sums[2], 1),
+                          "lr": lr_at(tcfg, progress["global_step"] - 1, steps_per_epoch),
                           "epoch_seconds": round(time.time() - t_epoch, 3)}
                 if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
                     val = evaluate(model, val_loader, device, tcfg.amp)

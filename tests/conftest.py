@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny timm ViTs (random init) and real pixels from sklearn digits."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the model hub in tests
+
+import numpy as np
+import pytest
+import torch
+
+from edgevp.config import build_run_config
+from edgevp.model import build_model
+
+RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
+
+
+def tiny_config(method: str = "linear", prompt: dict | None = None, backbone: str = "test_vit", img_size: int = 32,
+                **sections):
+    data = {"method": method, "backbone": {"name": backbone, "weights": "none", "img_size": img_size},
+            "data": {"name": "digits", "limit_train": 128, "limit_val": 32, "limit_test": 32, "batch_size": 32},
+            "train": {"epochs": 2, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0, "warmup_epochs": 0.5}}
+    for k, v in sections.items():
+        data.setdefault(k, {}).update(v)
+    if prompt:
+        data["prompt"] = prompt
+    return build_run_config(data)
+
+
+def tiny_model(method: str = "linear", prompt: dict | None = None, num_classes: int = 10, **kw):
+    return build_model(tiny_config(method, prompt, **kw), num_classes)
+
+
+@pytest.fixture(scope="session")
+def digits_batch() -> torch.Tensor:
+    """8 real digit images, [0, 1], 3×32×32."""
+    from sklearn.datasets import load_digits
+
+    imgs = torch.from_numpy(load_digits().images[:8].astype(np.float32) / 16.0)[:, None]
+    return torch.nn.functional.interpolate(imgs, size=(32, 32), mode="bilinear").expand(-1, 3, -1, -1).contiguous()
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    # offline weights convert into the user's cache; keep tests from writing elsewhere than a shared temp cache
+    if "EDGEVP_CACHE" not in os.environ:
+        monkeypatch.setenv("EDGEVP_CACHE", os.path.expanduser("~/.cache/edgevp"))
