@@ -1,0 +1,30 @@
+"""The README's main job, on a tiny backbone so it runs in seconds (the real one uses the offline DINOv2)."""
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from edgevp.cli import app
+
+TINY = ["backbone.name=test_vit", "backbone.weights=none", "backbone.img_size=32", "data.name=digits",
+        "data.limit_train=96", "data.limit_val=32", "data.limit_test=32", "train.epochs=1"]
+
+
+def test_demo_trains_every_method_and_writes_the_comparison(tmp_path):
+    args = ["demo", "--out", str(tmp_path), "--methods", "linear,lorvp,vpt_deep"]
+    for s in TINY:
+        args += ["-s", s]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    (root,) = list(tmp_path.iterdir())
+    rows = json.loads((root / "summary.json").read_text())
+    assert [row["method"] for row in rows] == ["linear", "lorvp", "vpt_deep"]
+    assert rows[0]["prompt_params"] == 0 and rows[1]["prompt_params"] == 6 * 32 * 4
+    assert "| vpt_deep |" in r.output and "the linear probe:" in r.output
+    assert (root / "summary.md").read_text().startswith("| method |")
+
+
+def test_demo_rejects_unknown_methods(tmp_path):
+    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--methods", "linear,foo"])
+    assert r.exit_code == 2 and "no demo recipe for foo" in r.output
