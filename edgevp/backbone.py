@@ -35,6 +35,7 @@ class BackboneInfo:
     num_heads: int = 0
     num_prefix_tokens: int = 0
     patch_size: tuple[int, int] = (0, 0)
+    mlp_hidden: int = 0
     data_config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,7 +142,14 @@ def describe(model: nn.Module, cfg: BackboneConfig, weights_sha256: str | None =
         info.num_heads = int(attn.num_heads)
         info.num_prefix_tokens = int(model.num_prefix_tokens)
         info.patch_size = tuple(model.patch_embed.patch_size)
+        info.mlp_hidden = int(model.blocks[0].mlp.fc1.out_features)
     return info
+
+
+def num_patches(info: BackboneInfo) -> int:
+    """Patch tokens of a ViT at the configured input size."""
+    _, h, w = info.input_size
+    return (h // info.patch_size[0]) * (w // info.patch_size[1])
 
 
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:

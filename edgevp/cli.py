@@ -108,6 +108,80 @@ def train(
                f"{result.train_seconds:.1f}s -> {result.run_dir}")
 
 
+def _fraction(text: str | None, name: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        _fail(f"{name} takes a number or a percentage like 5%, got '{text}'", 2)
+
+
+@app.command(epilog="Examples: `edgevp condense runs/vpt --keep 0.3` · `edgevp condense runs/vpt --max-overhead 5%` · "
+                    "`edgevp condense runs/e2vpt --method e2vpt --token-budgets 30,50 --segment-budgets 0,8`")
+@handle_errors
+def condense(
+    run: Annotated[Path, typer.Argument(help="trained run directory (VPT for pc, E²VPT for e2vpt)")],
+    method: Annotated[str, typer.Option(help="pc (Prompt Condensation) | e2vpt (token/segment pruning)")] = "pc",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="new run directory (default: RUN-<method>-…)")]
+    = None,
+    keep: Annotated[Optional[str], typer.Option(help="pc: fraction of prompts to keep, e.g. 0.3")] = None,
+    keep_count: Annotated[Optional[int], typer.Option(help="pc: exact number of prompts to keep")] = None,
+    max_overhead: Annotated[Optional[str], typer.Option(
+        help="pc: keep as many prompts as fit in this extra-MAC budget over the bare backbone, e.g. 5%")] = None,
+    ranking: Annotated[str, typer.Option(help="pc: global | layer | random")] = "global",
+    score: Annotated[str, typer.Option(help="abs_batch | abs_mean | signed_mean (e2vpt reference code)")]
+    = "abs_batch",
+    score_batches: Annotated[Optional[int], typer.Option(help="training batches used for scoring (default all)")]
+    = None,
+    finetune_epochs: Annotated[Optional[int], typer.Option(help="fine-tune/retrain epochs (default 30% of the "
+                                                                "source run's, at least 1)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="fine-tune lr (default: the source run's)")] = None,
+    token_budgets: Annotated[str, typer.Option(help="e2vpt: % of visual tokens to prune, comma-separated")]
+    = "30,50,70",
+    segment_budgets: Annotated[str, typer.Option(help="e2vpt: segments (of 16) to prune per kept token")] = "0,8",
+    grid: Annotated[str, typer.Option(help="e2vpt: 'search' (the budgets above) or 'full' (the paper's 9x8 grid)")]
+    = "search",
+    rewind: Annotated[str, typer.Option(help="e2vpt: init (retrain from the original initial values, the paper) | "
+                                             "random (fresh init, the reference code)")] = "init",
+    seed: Annotated[int, typer.Option(help="seed of the random ranking / random rewind")] = 0,
+) -> None:
+    """Make trained prompts cheaper: keep the most important ones, remove the rest, fine-tune what is left."""
+    from .condense.e2vpt_prune import E2VPTPruneOptions, condense_e2vpt
+    from .condense.pc import PCOptions, condense_pc
+    from .console import Reporter
+
+    if method not in ("pc", "e2vpt"):
+        _fail(f"unknown condense method '{method}'; choose pc or e2vpt", 2)
+    if ranking not in ("global", "layer", "random") or score not in ("abs_batch", "abs_mean", "signed_mean"):
+        _fail("--ranking takes global|layer|random and --score abs_batch|abs_mean|signed_mean", 2)
+    out = out or run.parent / f"{run.name}-{method}"
+    rep = Reporter(quiet=_state["quiet"])
+    if method == "pc":
+        frac = _fraction(keep, "--keep")
+        opts = PCOptions(keep=frac if frac is not None or keep_count or max_overhead else 0.3, keep_count=keep_count,
+                         max_overhead=_fraction(max_overhead, "--max-overhead"), ranking=ranking, score=score,
+                         score_batches=score_batches, finetune_epochs=finetune_epochs, lr=lr, seed=seed)
+        report = condense_pc(run, out, opts, rep)
+    else:
+        try:
+            tok = [int(v) for v in token_budgets.split(",") if v.strip()]
+            seg = [int(v) for v in segment_budgets.split(",") if v.strip()]
+        except ValueError:
+            _fail("--token-budgets and --segment-budgets take comma-separated integers", 2)
+        if grid not in ("search", "full") or rewind not in ("init", "random"):
+            _fail("--grid takes search|full and --rewind init|random", 2)
+        report = condense_e2vpt(run, out, E2VPTPruneOptions(
+            token_pct=tok, segments=seg, full_grid=grid == "full", rewind=rewind, score=score,
+            score_batches=score_batches, finetune_epochs=finetune_epochs, lr=lr, seed=seed), rep)
+    after = report["top1_after_finetune"]
+    test = "n/a" if after["test"] is None else f"{after['test']:.2f}"
+    typer.echo(f"done: kept {report['kept']}/{report['total']} prompts, MACs {report['macs']['before'] / 1e9:.3f}G -> "
+               f"{report['macs']['after'] / 1e9:.3f}G (bare {report['macs']['bare'] / 1e9:.3f}G), test top-1 "
+               f"{report['top1_before']['test'] if report['top1_before']['test'] is not None else float('nan'):.2f}"
+               f" -> {test} -> {out}")
+
+
 @app.command("list")
 @handle_errors
 def list_(

@@ -145,21 +145,30 @@ def _peak_mem_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def prepare(cfg: RunConfig) -> tuple[Splits, PromptedModel]:
-    """Load the data splits and build the model, with the transform from the backbone's own data config."""
+def load_data(cfg: RunConfig, info) -> Splits:
+    """The run's data splits, with the transform from the backbone's own data config."""
     splits = load_splits(cfg.data)
-    model = build_model(cfg, len(splits.classes))
-    info = model.info
     splits.set_transform(ImageTransform(size=info.input_size[-1], interpolation=info.interpolation,
                                         resize=cfg.data.resize, crop_pct=info.crop_pct, augment=cfg.data.augment),
                          cfg.data.split_seed)
-    return splits, model
+    return splits
+
+
+def prepare(cfg: RunConfig) -> tuple[Splits, PromptedModel]:
+    """Load the data splits and build the model."""
+    splits = load_splits(cfg.data)
+    model = build_model(cfg, len(splits.classes))
+    return load_data(cfg, model.info), model
 
 
 def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None = None, *, runs_root: str = "runs",
         command: list[str] | None = None, recipe_sha256: str | None = None, reporter: Reporter | None = None,
-        stop_after_steps: int | None = None) -> TrainResult:
+        stop_after_steps: int | None = None, init_state: dict[str, torch.Tensor] | None = None,
+        extra_inputs: dict | None = None) -> TrainResult:
     """Train `cfg` into a new run directory (or continue `resume`); returns the final metrics.
+
+    `init_state` starts from given prompt/head tensors (condensation fine-tunes this way); `epochs=0` only
+    evaluates and writes the checkpoints.
 
     Example:
         >>> result = fit(build_run_config(load_yaml("recipes/dinov2_fmnist/vpt_deep.yaml")), out="runs/vpt")
@@ -182,13 +191,16 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None
     device = resolve_device(tcfg.device)
     seed_everything(tcfg.seed, tcfg.deterministic)
     splits, model = prepare(cfg)
+    if init_state is not None and state is None:
+        model.load_trainable_state(init_state)
     model.to(device)
     if resume is None:
         inputs = {"backbone": cfg.backbone.name, "weights": cfg.backbone.weights,
                   "weights_sha256": model.info.weights_sha256, "data": splits.source, "recipe_sha256": recipe_sha256,
                   "data_config": model.info.data_config,
                   "split_sizes": {k: len(v) for k, v in (("train", splits.train), ("val", splits.val),
-                                                         ("test", splits.test)) if v is not None}}
+                                                         ("test", splits.test)) if v is not None},
+                  **(extra_inputs or {})}
         run = RunDir.create(path, cfg, command or [], inputs)
     rep = reporter or Reporter()
     rep.log_file = run.log_path
@@ -222,6 +234,13 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None
         save_resume(run, {"model": model.trainable_state(), "optimizer": optimizer.state_dict(),
                           "torch_rng": torch.get_rng_state(), "progress": dict(progress)})
 
+    if tcfg.epochs == 0 and state is None:  # nothing to train: evaluate and record the given tensors
+        val = evaluate(model, val_loader, device, tcfg.amp)
+        progress.update(best_top1=val["top1"], best_epoch=0)
+        for which in ("best", "last"):
+            save_checkpoint(run.checkpoint(which), model.trainable_state(), cfg, num_classes=len(splits.classes),
+                            epoch=0, val_top1=val["top1"])
+        append_jsonl(run.metrics_path, {"epoch": 0, **{f"val_{k}": v for k, v in val.items()}})
     with _StopFlag(stop_after_steps) as stop:
         try:
             for epoch in range(start["epoch"], tcfg.epochs):

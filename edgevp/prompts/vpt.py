@@ -44,6 +44,7 @@ class TokenPrompts(PromptMethod):
 
     needs_vit = True
     deep = True
+    gates: list[torch.Tensor] | None = None  # per-layer (n_l,) multipliers on the inserted tokens (scoring)
 
     def layer_counts(self) -> list[int]:
         """Number of prompt tokens each block sees in its input sequence."""
@@ -63,6 +64,8 @@ class TokenPrompts(PromptMethod):
         tokens = self.layer_prompt(layer)
         if tokens is None:
             return x
+        if self.gates is not None:
+            tokens = tokens * self.gates[layer][:, None]
         npre = self.info.num_prefix_tokens
         n_prev = self.layer_counts()[layer - 1] if layer > 0 and self.deep else 0
         tokens = tokens.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)

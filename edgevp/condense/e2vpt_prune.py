@@ -1,0 +1,176 @@
+"""E²VPT pruning (Han et al., ICCV 2023): token-wise and segment-wise pruning of the visual prompts from mask
+gradients, rewinding, and a budget search selected on the validation split.
+
+1. Score the token mask m (n_p) and segment mask s (n_p, R) of a trained E²VPT run (scores.mask_scores).
+2. For each candidate (tokens pruned, segments pruned per kept token): drop the lowest-scored tokens *from the
+   model* (they leave the sequence, so FLOPs fall) and zero the lowest-scored segments of every kept token (baked
+   into the frozen segment mask), then retrain from the original initial values (`rewind=init`, the paper; the
+   run's seed rebuilds them exactly) or a fresh random init (`rewind=random`, the reference code).
+3. Keep the candidate with the best validation top-1 (ties: the cheaper one). KV prompts are never pruned.
+The reference pipeline's grid is 9 token budgets × 8 segment budgets of full retrains (`full_grid`); the default
+searches a few budgets with short retrains and prints the cost of each.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig
+from ..console import Reporter
+from ..cost import vit_macs
+from ..data import make_loader
+from ..errors import ConfigError, IncompatibleError
+from ..model import build_model, load_run
+from ..prompts.base import PromptedModel
+from ..runs import RunDir
+from .artifacts import write_condense_artifacts
+from .scores import Aggregate, mask_scores
+
+PCTS = range(10, 100, 10)
+
+
+@dataclass
+class E2VPTPruneOptions:
+    token_pct: list[int] = field(default_factory=lambda: [30, 50, 70])  # % of visual tokens to prune
+    segments: list[int] = field(default_factory=lambda: [0, 8])  # segments pruned per kept token
+    full_grid: bool = False  # the reference grid: 9 token budgets x 8 segment budgets
+    rewind: str = "init"
+    score: Aggregate = "abs_batch"
+    score_batches: int | None = None
+    finetune_epochs: int | None = None
+    lr: float | None = None
+    seed: int = 0
+
+
+def token_budgets(n_p: int, pcts=PCTS) -> list[int]:
+    """Tokens to prune for each percentage: floor(n_p·pct/100), keeping at least one token."""
+    return sorted({min(math.floor(n_p * p / 100), n_p - 1) for p in pcts} - {0})
+
+
+def segment_budgets(r: int, pcts=PCTS) -> list[int]:
+    """Segments to prune per token for each percentage, keeping at least 4 of r."""
+    return sorted({min(math.floor(r * p / 100), r - 4) for p in pcts} - {0})
+
+
+def prune_plan(tok_scores: torch.Tensor, seg_scores: torch.Tensor, n_tok: int, n_seg: int):
+    """(kept token mask (n_p,), segment keep mask (n_kept, R)): the lowest scores go first, ties by index."""
+    keep = torch.ones(len(tok_scores), dtype=torch.bool)
+    keep[torch.argsort(tok_scores, stable=True)[:n_tok]] = False
+    seg_keep = torch.ones(int(keep.sum()), seg_scores.shape[1], dtype=torch.bool)
+    for row, k in enumerate(torch.nonzero(keep).flatten().tolist()):
+        seg_keep[row, torch.argsort(seg_scores[k], stable=True)[:n_seg]] = False
+    return keep, seg_keep
+
+
+def pruned_config(cfg: RunConfig, keep: torch.Tensor, epochs: int, lr: float | None) -> RunConfig:
+    new = copy.deepcopy(cfg)
+    new.name = None
+    new.prompt.token_keep = keep.tolist()
+    new.prompt.train_masks = False  # kept entries stay 1, pruned segments stay 0
+    new.train.epochs = epochs
+    new.train.warmup_epochs = min(cfg.train.warmup_epochs, 0.1 * epochs)
+    if lr is not None:
+        new.train.lr = lr
+    return new
+
+
+def pruned_state(source: PromptedModel, keep: torch.Tensor, seg_keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`source`'s trainable tensors with pruned tokens removed and pruned segments zeroed in the mask."""
+    state = source.trainable_state()
+    for l in range(source.info.depth):
+        state[f"method.prompts.{l}"] = state[f"method.prompts.{l}"][keep].clone()
+    state["method.token_mask"] = state["method.token_mask"][keep].clone()
+    state["method.segment_mask"] = state["method.segment_mask"][keep].clone() * seg_keep.float()
+    return state
+
+
+def _macs(model: PromptedModel, num_classes: int, n_tokens: int) -> int:
+    n_kv = model.method.config.num_kv
+    return vit_macs(model.info, num_classes, [(n_tokens, n_tokens + n_kv)] * model.info.depth).total
+
+
+def condense_e2vpt(src: str | Path, out: str | Path, opts: E2VPTPruneOptions, reporter: Reporter | None = None) -> dict:
+    from ..train import evaluate, fit, load_data, resolve_device
+
+    rep = reporter or Reporter()
+    cfg, model, meta = load_run(src)
+    if cfg.method != "e2vpt":
+        raise ConfigError(f"E²VPT pruning needs an E²VPT run; '{src}' is a '{cfg.method}' run",
+                          "VPT runs: --method pc; LoR-VP and the linear probe have no prompts to condense")
+    if cfg.prompt.token_keep is not None:
+        raise IncompatibleError(f"'{src}' is already pruned; prune the original E²VPT run")
+    out = Path(out)
+    if out.exists():
+        raise IncompatibleError(f"output '{out}' already exists", "choose another --out")
+    num_classes = int(meta["num_classes"])
+    n_p, r = cfg.prompt.num_tokens, cfg.prompt.segments
+    tok_list = token_budgets(n_p) if opts.full_grid else token_budgets(n_p, opts.token_pct)
+    seg_list = segment_budgets(r) if opts.full_grid else sorted({min(s, r - 4) for s in opts.segments})
+    if not tok_list or any(s < 0 for s in seg_list):
+        raise ConfigError(f"no valid budgets: token % must prune at least one of {n_p} tokens and keep one, "
+                          "segment counts must be >= 0")
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    splits = load_data(cfg, model.info)
+    splits.train.train = False
+    bs = cfg.data.eval_batch_size or cfg.data.batch_size
+    tok_scores, seg_scores = mask_scores(model, make_loader(splits.train, bs), opts.score, opts.score_batches)
+    val_loader, test_loader = make_loader(splits.val, bs), splits.test and make_loader(splits.test, bs)
+    before = {"val": evaluate(model, val_loader, device)["top1"],
+              "test": test_loader and evaluate(model, test_loader, device)["top1"]}
+    # the rewind source: the run's own initial values (same seed) or a fresh random init
+    init_cfg = copy.deepcopy(cfg)
+    if opts.rewind == "random":
+        init_cfg.train.seed = cfg.train.seed + 1000 + opts.seed
+    init_model = build_model(init_cfg, num_classes)
+    epochs = opts.finetune_epochs if opts.finetune_epochs is not None else max(1, round(0.3 * cfg.train.epochs))
+    cands = out.parent / f".{out.name}.candidates"
+    results = []
+    for n_tok in tok_list:
+        for n_seg in seg_list:
+            keep, seg_keep = prune_plan(tok_scores, seg_scores, n_tok, n_seg)
+            new_cfg = pruned_config(cfg, keep, epochs, opts.lr)
+            t0 = time.time()
+            res = fit(new_cfg, out=cands / f"t{n_tok}-s{n_seg}", reporter=rep, init_state=pruned_state(
+                init_model, keep, seg_keep), command=["edgevp", "condense", str(src), "--method", "e2vpt"],
+                extra_inputs={"condensed_from": {"run": str(Path(src).resolve())}})
+            macs = _macs(model, num_classes, int(keep.sum()))
+            results.append({"tokens_pruned": n_tok, "segments_pruned": n_seg, "val_top1": res.best_val_top1,
+                            "test_top1": res.test_top1, "macs": macs, "seconds": round(time.time() - t0, 1),
+                            "run": res.run_dir, "keep": keep, "seg_keep": seg_keep})
+            rep.log(f"candidate tokens -{n_tok} segments -{n_seg}: val top-1 {res.best_val_top1:.2f}, "
+                    f"{macs / 1e9:.3f} GMACs, cost {results[-1]['seconds']}s")
+    best = max(results, key=lambda c: (c["val_top1"], -c["macs"], c["tokens_pruned"], c["segments_pruned"]))
+    removal = build_model(pruned_config(cfg, best["keep"], 0, None), num_classes)
+    removal.load_trainable_state(pruned_state(model, best["keep"], best["seg_keep"]))
+    removal.to(device)
+    after_removal = {"val": evaluate(removal, val_loader, device)["top1"],
+                     "test": test_loader and evaluate(removal, test_loader, device)["top1"]}
+    shutil.copytree(best["run"], out)
+    RunDir(out).update_manifest(run_id=out.name)
+    kept = int(best["keep"].sum())
+    report = {
+        "method": "e2vpt", "source_run": str(Path(src).resolve()), "rewind": opts.rewind,
+        "score": f"|dL/dmask| aggregated {opts.score}" if opts.score != "signed_mean" else "signed mean dL/dmask",
+        "kept": kept, "total": n_p, "keep_ratio": kept / n_p, "tokens_pruned": best["tokens_pruned"],
+        "segments_pruned_per_token": best["segments_pruned"], "segments": r, "finetune_epochs": epochs,
+        "candidates": [{k: (f"candidates/{Path(v).name}" if k == "run" else v) for k, v in c.items()
+                        if k not in ("keep", "seg_keep")} for c in results],
+        "top1_before": before, "top1_after_removal": after_removal,
+        "top1_after_finetune": {"val": best["val_top1"], "test": best["test_top1"]},
+        "macs": {"bare": vit_macs(model.info, num_classes).total, "before": _macs(model, num_classes, n_p), "after": best["macs"]},
+        "params": {"prompt_before": model.param_summary()["prompt"],
+                   "prompt_after": build_model(pruned_config(cfg, best["keep"], 0, None), num_classes)
+                   .param_summary()["prompt"]},
+    }
+    seg_rows = [seg_scores[k] for k in torch.nonzero(best["keep"]).flatten().tolist()]
+    write_condense_artifacts(RunDir(out), report, [tok_scores, *seg_rows], [best["keep"], *best["seg_keep"]],
+                             title=f"row 0: tokens ({kept}/{n_p} kept); rows 1+: segments of kept tokens")
+    shutil.move(str(cands), str(out / "candidates"))  # every retrained candidate stays inspectable
+    return report
