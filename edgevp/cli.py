@@ -222,11 +222,13 @@ def demo(
     methods: Annotated[str, typer.Option(help="comma-separated recipes from recipes/dinov2_fmnist/")]
     = "linear,lorvp,vpt_deep",
     sets: Sets = [],  # noqa: B006
+    condense: Annotated[bool, typer.Option(help="also condense VPT-deep with Prompt Condensation (keep 30%)")] = True,
 ) -> None:
-    """The main job: train the linear probe, LoR-VP and VPT-deep on Fashion-MNIST (offline DINOv2) and compare."""
+    """The main job: train the linear probe, LoR-VP and VPT-deep on Fashion-MNIST (offline DINOv2), condense
+    VPT-deep, and compare."""
     from .demo import run_demo
 
-    run_demo(out, [m.strip() for m in methods.split(",") if m.strip()], sets, quiet=_state["quiet"])
+    run_demo(out, [m.strip() for m in methods.split(",") if m.strip()], sets, quiet=_state["quiet"], condense=condense)
 
 
 def main() -> None:

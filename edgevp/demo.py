@@ -9,13 +9,15 @@ from .config import build_run_config, load_yaml
 from .console import Reporter
 from .errors import ConfigError
 from .io import write_json, write_text
+from .runs import RunDir
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "dinov2_fmnist"
 # The demo's shared budget: the same data, epochs and optimiser for every method (CPU: a few minutes each).
 DEMO_SETS = ["data.limit_train=1000", "data.limit_val=300", "data.limit_test=1000", "train.epochs=3"]
 
 
-def run_demo(out: Path, methods: list[str], sets: list[str], quiet: bool = False) -> list[dict]:
+def run_demo(out: Path, methods: list[str], sets: list[str], quiet: bool = False, condense: bool = True) -> list[dict]:
+    from .condense.pc import PCOptions, condense_pc
     from .train import fit
 
     if not RECIPE_DIR.is_dir():
@@ -33,15 +35,26 @@ def run_demo(out: Path, methods: list[str], sets: list[str], quiet: bool = False
         rep.log(f"== {m}: {recipe.relative_to(RECIPE_DIR.parent.parent)} ==")
         res = fit(cfg, out=root / m, command=["edgevp", "demo"], reporter=Reporter(quiet=quiet))
         rows.append({"method": m, "trainable_params": res.params["trainable"], "prompt_params": res.params["prompt"],
-                     "val_top1": round(res.best_val_top1, 2), "test_top1": round(res.test_top1, 2),
-                     "train_seconds": round(res.train_seconds, 1), "run_dir": str(res.run_dir)})
+                     "gmacs": res.macs and round(res.macs / 1e9, 4), "val_top1": round(res.best_val_top1, 2),
+                     "test_top1": round(res.test_top1, 2), "train_seconds": round(res.train_seconds, 1),
+                     "run_dir": str(res.run_dir)})
+        if condense and m == "vpt_deep":  # condense step: keep the 30 % most important prompts, fine-tune 1 epoch
+            rep.log("== vpt_deep + Prompt Condensation (keep 30 %) ==")
+            r = condense_pc(res.run_dir, root / "vpt_deep-pc30", PCOptions(keep=0.3, finetune_epochs=1,
+                                                                           score_batches=10), Reporter(quiet=quiet))
+            info = RunDir(root / "vpt_deep-pc30").manifest()["train_info"]
+            rows.append({"method": f"vpt_deep+pc30 ({r['kept']}/{r['total']})",
+                         "trainable_params": info["trainable_params"], "prompt_params": info["prompt_params"],
+                         "gmacs": round(r["macs"]["after"] / 1e9, 4), "val_top1": round(info["best_val_top1"], 2),
+                         "test_top1": round(info["test_top1"], 2), "train_seconds": round(info["train_seconds"], 1),
+                         "run_dir": str(root / "vpt_deep-pc30")})
     table = format_table(rows)
     write_json(root / "summary.json", rows)
     write_text(root / "summary.md", table + "\n")
     print(table)
     base = next((r for r in rows if r["method"] == "linear"), None)
     for r in rows:
-        if base is not None and r is not base:
+        if base is not None and r is not base and "+" not in r["method"]:
             delta = r["test_top1"] - base["test_top1"]
             verdict = "beats" if delta > 0 else "does not beat"
             print(f"{r['method']} {verdict} the linear probe: {delta:+.2f} points test top-1 (same data, epochs, "
@@ -51,9 +64,10 @@ def run_demo(out: Path, methods: list[str], sets: list[str], quiet: bool = False
 
 
 def format_table(rows: list[dict]) -> str:
-    head = "| method | trainable params | prompt params | val top-1 | test top-1 | train time (s) |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|"]
+    head = "| method | trainable params | prompt params | GMACs/image | val top-1 | test top-1 | train time (s) |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['prompt_params']:,} | {r['val_top1']:.2f} | "
-                     f"{r['test_top1']:.2f} | {r['train_seconds']:.1f} |")
+        macs = "n/a" if r.get("gmacs") is None else f"{r['gmacs']:.3f}"
+        lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['prompt_params']:,} | {macs} | "
+                     f"{r['val_top1']:.2f} | {r['test_top1']:.2f} | {r['train_seconds']:.1f} |")
     return "\n".join(lines)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .config import RunConfig, TrainConfig
 from .console import Reporter
+from .cost import vit_macs
 from .data import EpochSampler, ImageTransform, Splits, load_splits, make_loader
 from .errors import EXIT_INTERRUPTED, DivergedError, EdgevpError, IncompatibleError, MissingError
 from .io import append_jsonl, write_text
@@ -44,6 +45,7 @@ class TrainResult:
     test_top1: float | None
     train_seconds: float
     params: dict[str, int]
+    macs: int | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -326,7 +328,10 @@ def _finish(run: RunDir, cfg: RunConfig, model: PromptedModel, splits: Splits, d
                                            cfg.data.num_workers), device, cfg.train.amp)
         rep.log(f"test (best epoch {progress['best_epoch'] + 1}): top1 {test['top1']:.2f} loss {test['loss']:.4f}")
     params = model.param_summary()
-    train_info = {"trainable_params": params["trainable"], "total_params": params["total"],
+    macs = None
+    if model.info.is_vit:  # analytic MACs per image, prompts included (edgevp.cost)
+        macs = vit_macs(model.info, len(splits.classes), model.method.extra_tokens()).total
+    train_info = {"macs": macs, "trainable_params": params["trainable"], "total_params": params["total"],
                   "prompt_params": params["prompt"], "head_params": params["head"],
                   "train_seconds": round(progress["seconds"], 3), "peak_mem_mib": round(_peak_mem_mib(device), 1),
                   "best_epoch": progress["best_epoch"], "best_val_top1": progress["best_top1"],
@@ -334,7 +339,7 @@ def _finish(run: RunDir, cfg: RunConfig, model: PromptedModel, splits: Splits, d
     run.update_manifest(train_info=train_info)
     run.set_stage("train", status="completed", seconds=train_info["train_seconds"])
     return TrainResult(run.path, cfg.train.epochs, progress["best_epoch"], progress["best_top1"],
-                       test and test["top1"], progress["seconds"], params)
+                       test and test["top1"], progress["seconds"], params, macs)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -19,7 +19,8 @@ def test_demo_trains_every_method_and_writes_the_comparison(tmp_path):
     assert r.exit_code == 0, r.output
     (root,) = list(tmp_path.iterdir())
     rows = json.loads((root / "summary.json").read_text())
-    assert [row["method"] for row in rows] == ["linear", "lorvp", "vpt_deep"]
+    assert [row["method"] for row in rows] == ["linear", "lorvp", "vpt_deep", "vpt_deep+pc30 (18/60)"]
+    assert rows[3]["gmacs"] < rows[2]["gmacs"] and rows[0]["gmacs"] == rows[1]["gmacs"] < rows[3]["gmacs"]
     assert rows[0]["prompt_params"] == 0 and rows[1]["prompt_params"] == 6 * 32 * 4
     assert "| vpt_deep |" in r.output and "the linear probe:" in r.output
     assert (root / "summary.md").read_text().startswith("| method |")
