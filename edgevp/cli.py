@@ -182,6 +182,40 @@ def condense(
                f" -> {test} -> {out}")
 
 
+@app.command(epilog="Examples: `edgevp profile runs/x/export/model.onnx --against bare.onnx` · "
+                    "`edgevp profile model.engine --backend trt --batch 1 --batch 8` · `edgevp profile a.onnx --json`")
+@handle_errors
+def profile(
+    target: Annotated[Path, typer.Argument(help="an artifact (.onnx, .engine) or a run directory with exports")],
+    against: Annotated[list[Path], typer.Option(help="artifacts to compare with (repeatable)")] = [],  # noqa: B006
+    backend: Annotated[str, typer.Option(help="ort | trt (TensorRT runtime) | trtexec")] = "ort",
+    device: Annotated[str, typer.Option(help="ort execution provider: cpu | cuda | tensorrt")] = "cpu",
+    batch: Annotated[list[int], typer.Option(help="batch size (repeatable)")] = [1],  # noqa: B006
+    warmup: Annotated[int, typer.Option(help="untimed calls before timing")] = 10,
+    iters: Annotated[int, typer.Option(help="timed calls per round")] = 100,
+    rounds: Annotated[int, typer.Option(help="interleaved rounds, each variant in a fresh process")] = 3,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for ort (default: all cores)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="where profile.{json,csv,md} go")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout")] = False,
+) -> None:
+    """Latency (p50/p90/p99, throughput), MACs, parameters and size, as ratios to the first variant."""
+    import json as _json
+
+    from .profile.run import profile_targets
+
+    if warmup < 0 or iters < 1 or rounds < 1 or any(b < 1 for b in batch):
+        _fail("--warmup >= 0, --iters >= 1, --rounds >= 1 and --batch >= 1 are required", 2)
+    result, files = profile_targets(target, list(against), backend, device, batch, warmup, iters, rounds, threads,
+                                    out)
+    if json_out:
+        typer.echo(_json.dumps(result, default=str))
+        return
+    from .profile.report_table import markdown
+
+    typer.echo(markdown(result["rows"]))
+    typer.echo(f"reference: {result['reference']}; {result['method']}; files: {files[0].parent}")
+
+
 @app.command("list")
 @handle_errors
 def list_(

@@ -8,7 +8,7 @@ EXIT_USAGE = 2  # bad recipe key, wrong type, unknown backbone/method, invalid v
 EXIT_VERIFY = 3  # an artifact failed verification (parity / accuracy outside tolerance)
 EXIT_MISSING = 4  # missing optional dependency, hardware or offline asset (weights, GPU, TensorRT)
 EXIT_DATA = 5  # missing or empty dataset, unreadable image
-EXIT_INCOMPATIBLE = 6  # run directory or checkpoint from another backbone, method or version
+EXIT_INCOMPATIBLE = 6  # run directory, checkpoint or artifact: missing, corrupt, or from another model/version
 EXIT_DIVERGED = 7  # training produced a NaN/inf loss
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM; the run can be resumed
 
@@ -19,7 +19,7 @@ EXIT_CODES = {
     EXIT_VERIFY: "verification failed",
     EXIT_MISSING: "missing dependency, hardware or offline asset",
     EXIT_DATA: "dataset missing, empty or unreadable",
-    EXIT_INCOMPATIBLE: "incompatible run directory or checkpoint",
+    EXIT_INCOMPATIBLE: "missing, corrupt or incompatible run directory, checkpoint or artifact",
     EXIT_DIVERGED: "training diverged (NaN/inf loss)",
     EXIT_INTERRUPTED: "interrupted; resume with --resume",
 }

@@ -1,0 +1,119 @@
+"""Inference backends for timing: ONNX Runtime (CPU / CUDA / TensorRT execution providers), TensorRT engines and
+PyTorch. Each `prepare(...)` returns (call, sync, conditions) where `conditions` records what really ran."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ConfigError, IncompatibleError, MissingError
+
+ORT_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                 "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def _input_shape(dims, batch: int) -> list[int]:
+    shape = []
+    for i, d in enumerate(dims):
+        if isinstance(d, int) and d > 0:
+            if i == 0 and d != batch:
+                raise ConfigError(f"the model was exported for batch {d}, not {batch}", "export with dynamic batch")
+            shape.append(d)
+        elif i == 0:
+            shape.append(batch)
+        else:
+            raise ConfigError(f"input dimension {i} is dynamic ({d}); profile needs a fixed image size")
+    return shape
+
+
+def prepare_ort(path: str | Path, batch: int, device: str = "cpu", threads: int | None = None):
+    """An ONNX Runtime session on the requested execution provider; refuses one that silently fell back."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingError("the ort backend needs onnxruntime", "pip install onnxruntime (or onnxruntime-gpu)") from None
+    wanted = ORT_PROVIDERS.get(device)
+    if wanted is None:
+        raise ConfigError(f"unknown ort device '{device}'", "choose cpu, cuda or tensorrt")
+    if wanted[0] not in ort.get_available_providers():
+        raise MissingError(f"ONNX Runtime here has no {wanted[0]}", "install onnxruntime-gpu on a CUDA machine")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        sess = ort.InferenceSession(str(path), opts, providers=wanted)
+    except Exception as e:  # ORT raises its own exception types for unreadable models
+        raise IncompatibleError(f"ONNX Runtime cannot load '{path}': {str(e).splitlines()[0][:200]}") from None
+    got = sess.get_providers()
+    if got[0] != wanted[0]:  # the session fell back: numbers would be for the wrong device
+        raise MissingError(f"asked for {wanted[0]} but the session runs on {got[0]}")
+    inp = sess.get_inputs()[0]
+    x = np.random.default_rng(0).random(_input_shape(inp.shape, batch), dtype=np.float32)
+    feed = {inp.name: x}
+    conditions = {"backend": "ort", "device": device, "providers": got, "threads": threads,
+                  "ort_version": ort.__version__, "input_shape": list(x.shape), "precision": _onnx_precision(sess)}
+    return (lambda: sess.run(None, feed)), None, conditions
+
+
+def _onnx_precision(sess) -> str:
+    t = sess.get_inputs()[0].type
+    return "fp16" if "float16" in t else "fp32"
+
+
+def prepare_trt(engine: str | Path, batch: int):
+    """A TensorRT engine through the TensorRT runtime, after checking its sidecar against this GPU/TensorRT."""
+    from .trt_runtime import TrtEngineRunner
+
+    runner = TrtEngineRunner(engine, batch)
+    return runner.infer, runner.sync, runner.conditions
+
+
+def check_sidecar(engine: str | Path, trt_version: str, gpu: str | None) -> dict:
+    """Refuse an engine built for another TensorRT version or GPU (engines are not portable)."""
+    side = Path(str(engine)).with_suffix(".json")
+    if not side.is_file():
+        return {}
+    meta = json.loads(side.read_text())
+    built_trt, built_gpu = meta.get("tensorrt_version"), meta.get("gpu")
+    if built_trt and built_trt.split(".")[:2] != trt_version.split(".")[:2]:
+        raise IncompatibleError(f"engine '{engine}' was built with TensorRT {built_trt}, this is {trt_version}",
+                                "rebuild it on this device (see build_engine.sh in the export bundle)")
+    if built_gpu and gpu and built_gpu != gpu:
+        raise IncompatibleError(f"engine '{engine}' was built on {built_gpu}, this GPU is {gpu}",
+                                "rebuild it on this device (see build_engine.sh in the export bundle)")
+    return meta
+
+
+def prepare_torch(model, batch: int, input_size, device: str = "cpu", compile: bool = False,
+                  threads: int | None = None) -> tuple[Callable, Callable | None, dict]:
+    """PyTorch eager (or torch.compile on CUDA) for comparison; needs the training stack."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    model = model.eval().to(dev)
+    if compile:
+        if dev.type != "cuda":
+            raise ConfigError("--compile is for CUDA; CPU numbers are eager")
+        model = torch.compile(model)
+    x = torch.rand(batch, *input_size, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+
+    def call():
+        with torch.inference_mode():
+            return model(x)
+
+    cond = {"backend": "torch", "device": str(dev), "compiled": compile, "threads": torch.get_num_threads(),
+            "torch_version": torch.__version__, "input_shape": list(x.shape), "precision": "fp32"}
+    return call, sync, cond
+
+
+def cpu_threads_default() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

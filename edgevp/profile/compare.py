@@ -1,0 +1,86 @@
+"""Fair comparisons: every variant measured in its own process, variants interleaved over rounds (the order flips
+each round), medians over rounds, and every number reported as a ratio to the first variant measured in the same
+run."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import EdgevpError, MissingError
+from .latency import LatencyStats, median_of
+
+
+@dataclass
+class Variant:
+    name: str
+    artifact: str
+    backend: str = "ort"  # ort | trt | trtexec
+    device: str = "cpu"  # for ort: cpu | cuda | tensorrt
+    info: dict = field(default_factory=dict)  # extra columns (method, prompts kept, top-1, ...)
+
+
+def _measure(v: Variant, batch: int, warmup: int, iters: int, threads: int | None, isolate: bool) -> dict:
+    if not isolate:
+        from .worker import measure_artifact
+
+        return measure_artifact(v.artifact, v.backend, batch, warmup, iters, v.device, threads)
+    cmd = [sys.executable, "-m", "edgevp.profile.worker", v.artifact, "--backend", v.backend, "--device", v.device,
+           "--batch", str(batch), "--warmup", str(warmup), "--iters", str(iters)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise EdgevpError(f"measuring '{v.name}' failed: {(p.stderr.strip().splitlines() or ['no output'])[-1]}")
+    out = json.loads(lines[-1])
+    if "error" in out:
+        err = MissingError(out["error"]) if out.get("exit_code") == 4 else EdgevpError(out["error"])
+        err.exit_code = out.get("exit_code", 1)
+        raise err
+    return out
+
+
+def artifact_cost(path: str) -> dict:
+    """Size on disk, and MACs/params counted on the graph for ONNX files."""
+    info = {"bytes": Path(path).stat().st_size}
+    if path.endswith(".onnx"):
+        from .onnx_macs import graph_cost
+
+        c = graph_cost(path)
+        info.update(macs=c.macs, params=c.params, macs_per_block=c.per_block)
+    return info
+
+
+def compare(variants: list[Variant], batches: list[int], rounds: int = 3, warmup: int = 10, iters: int = 100,
+            threads: int | None = None, isolate: bool = True) -> dict:
+    """Latency of every variant at every batch size, with ratios to the first variant."""
+    if not variants:
+        raise ValueError("nothing to profile")
+    for v in variants:
+        if not Path(v.artifact).is_file():
+            raise EdgevpError(f"artifact '{v.artifact}' not found")
+    costs = {v.name: artifact_cost(v.artifact) for v in variants}
+    rows, conditions = [], {}
+    for b in batches:
+        samples: dict[str, list[LatencyStats]] = {v.name: [] for v in variants}
+        for r in range(rounds):
+            for v in (variants if r % 2 == 0 else variants[::-1]):
+                out = _measure(v, b, warmup, iters, threads, isolate)
+                samples[v.name].append(LatencyStats(**out["stats"]))
+                conditions[v.name] = out["conditions"]
+        ref = median_of(samples[variants[0].name])
+        for v in variants:
+            s = median_of(samples[v.name])
+            row = {"variant": v.name, "batch": b, **s.to_dict(), "ratio_p50": s.p50_ms / ref.p50_ms,
+                   "rounds": rounds, **costs[v.name], **v.info}
+            ref_macs = costs[variants[0].name].get("macs")
+            if ref_macs and costs[v.name].get("macs"):
+                row["ratio_macs"] = costs[v.name]["macs"] / ref_macs
+            rows.append(row)
+    from .device import conditions as machine
+
+    return {"reference": variants[0].name, "rows": rows, "conditions": conditions, "machine": machine(),
+            "method": f"each variant in its own process, {rounds} interleaved rounds, median of rounds"}

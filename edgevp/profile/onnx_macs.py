@@ -1,0 +1,141 @@
+"""Multiply-accumulates counted on an ONNX graph: MatMul (attention products included), Gemm and Conv.
+
+Counting on the exported graph sees exactly what runs; torch-level counters silently skip fused attention
+(deploy-toolchain.md A3). Shapes come from ONNX shape inference with the batch fixed to 1. Nodes are attributed to
+transformer blocks by the exporter's scope names (`blocks.N`), so a per-block breakdown comes with the total.
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IncompatibleError, MissingError
+
+_BLOCK = re.compile(r"blocks\.(\d+)")
+
+
+@dataclass
+class GraphCost:
+    macs: int
+    params: int
+    per_block: dict[str, int] = field(default_factory=dict)  # "blocks.N" / "stem" / "head" -> MACs
+    unknown: list[str] = field(default_factory=list)  # MAC nodes whose shapes could not be inferred
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise MissingError("counting MACs on a graph needs 'onnx'", "pip install onnx") from None
+    return onnx
+
+
+def load_model(path: str | Path):
+    onnx = _onnx()
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # protobuf decode errors have several types
+        raise IncompatibleError(f"'{path}' is not a readable ONNX model: {type(e).__name__}") from None
+
+
+def _shapes(model) -> dict[str, list[int | None]]:
+    onnx = _onnx()
+    for inp in model.graph.input:
+        for d in inp.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.dim_value = 1  # batch (and any other symbolic dim) fixed to 1
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    out = {}
+    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        out[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    for t in inferred.graph.initializer:
+        out[t.name] = list(t.dims)
+    return out
+
+
+def _shapes_by_running(model, names: set[str]) -> dict[str, list[int]]:
+    """Shapes that inference could not resolve, read off one ONNX Runtime run at batch 1."""
+    onnx = _onnx()
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    known = {o.name for o in m.graph.output}
+    for n in sorted(names - known):
+        m.graph.output.append(onnx.ValueInfoProto(name=n))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in i.shape]
+        feed[i.name] = np.zeros(shape, dtype=np.float16 if "float16" in i.type else np.float32)
+    outs = sess.run(None, feed)
+    return {o.name: list(v.shape) for o, v in zip(sess.get_outputs(), outs) if o.name in names}
+
+
+def _scope(node) -> str:
+    text = node.name + " " + " ".join(p.value for p in node.metadata_props if p.key == "namespace")
+    m = _BLOCK.search(text)
+    if m:
+        return f"blocks.{int(m.group(1))}"
+    return "head" if re.search(r"head|fc_norm|classifier", text) else "stem"
+
+
+def _attr(node, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return a.i if a.type == a.INT else list(a.ints)
+    return default
+
+
+def node_macs(node, shapes: dict) -> int | None:
+    """MACs of one MatMul/Gemm/Conv node, or None when a shape is unknown."""
+    ins = [shapes.get(i) for i in node.input[:2]]
+    out = shapes.get(node.output[0])
+    if any(s is None or None in s for s in ins + [out]):
+        return None
+    if node.op_type == "MatMul":
+        a = ins[0]
+        k = a[-1] if len(a) >= 1 else 1
+        return int(np.prod(out)) * k  # every output element is a K-long dot product
+    if node.op_type == "Gemm":
+        a = ins[0]
+        k = a[0] if _attr(node, "transA", 0) else a[1]
+        return int(np.prod(out)) * k
+    if node.op_type == "Conv":
+        w = ins[1]
+        return int(np.prod(out)) * int(np.prod(w[1:]))  # C_in/groups · kH · kW per output element
+    return 0
+
+
+def graph_cost(path_or_model) -> GraphCost:
+    """MACs (batch 1) and parameter count of an ONNX model, with a per-block breakdown."""
+    model = load_model(path_or_model) if isinstance(path_or_model, (str, Path)) else path_or_model
+    shapes = _shapes(model)
+    mac_nodes = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
+    missing = {t for n in mac_nodes for t in [*n.input[:2], n.output[0]]
+               if shapes.get(t) is None or None in shapes[t]}
+    if missing:  # dynamic slicing (per-layer prompt counts) defeats static inference: measure instead
+        shapes.update(_shapes_by_running(model, missing))
+    per_block: dict[str, int] = OrderedDict()
+    unknown, total = [], 0
+    for node in mac_nodes:
+        m = node_macs(node, shapes)
+        if m is None:
+            unknown.append(node.name)
+            continue
+        total += m
+        key = _scope(node)
+        per_block[key] = per_block.get(key, 0) + m
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    return GraphCost(total, params, dict(per_block), unknown)

@@ -1,0 +1,55 @@
+"""`edgevp profile`: resolve what to compare, measure it, write the results beside the target."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ConfigError, DataError, IncompatibleError
+from .compare import Variant, compare
+from .report_table import write_results
+
+ARTIFACT_SUFFIXES = (".onnx", ".engine", ".plan")
+
+
+def _variant(path: Path, backend: str, device: str, name: str | None = None) -> Variant:
+    if not path.exists():
+        raise IncompatibleError(f"artifact '{path}' does not exist")
+    if path.suffix not in ARTIFACT_SUFFIXES:
+        raise ConfigError(f"'{path}' is not an artifact ({', '.join(ARTIFACT_SUFFIXES)}) or a run directory")
+    if path.suffix in (".engine", ".plan") and backend == "ort":
+        backend = "trt"
+    return Variant(name or path.stem, str(path), backend, device)
+
+
+def run_variants(run: Path, backend: str, device: str) -> list[Variant]:
+    """The exported artifacts of a run directory, the uncompressed references first."""
+    export = run / "export"
+    found = sorted(export.glob("*.onnx")) if export.is_dir() else []
+    if not found:
+        raise DataError(f"run '{run}' has no exported ONNX files in {export}", f"run: edgevp export {run} --target onnx")
+    order = {"bare": 0, "unfolded": 1}
+    found.sort(key=lambda p: (min((v for k, v in order.items() if k in p.stem), default=2), p.name))
+    return [_variant(p, backend, device) for p in found]
+
+
+def profile_targets(target: Path, against: list[Path], backend: str, device: str, batches: list[int], warmup: int,
+                    iters: int, rounds: int, threads: int | None, out: Path | None) -> tuple[dict, list[Path]]:
+    if backend not in ("ort", "trt", "trtexec"):
+        raise ConfigError(f"unknown backend '{backend}'", "choose ort, trt or trtexec")
+    if target.is_dir():
+        variants = run_variants(target, backend, device)
+        out = out or target / "profile"
+    else:
+        variants = [_variant(target, backend, device)]
+        out = out or target.parent / "profile"
+    names = {v.name for v in variants}
+    extra = []
+    for p in against:
+        v = _variant(p, backend, device)
+        if v.name in names:
+            v.name = f"{v.name} ({p.parent.name})"
+        names.add(v.name)
+        extra.append(v)
+    # the reference (ratio 1.0) is the first variant: a run's own bare export, or else the first --against
+    variants = variants + extra if target.is_dir() else extra + variants
+    result = compare(variants, batches, rounds, warmup, iters, threads)
+    return result, write_results(out, result)

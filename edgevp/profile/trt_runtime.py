@@ -1,0 +1,125 @@
+"""Run a serialized TensorRT engine with nothing but `tensorrt` and the CUDA runtime library (JetPack provides
+both): device memory and streams through ctypes, no torch, no pycuda."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, IncompatibleError, MissingError
+from .device import gpu_name
+
+_H2D = 1
+
+
+class CudaRT:
+    """The few CUDA runtime calls a timing loop needs, loaded from libcudart."""
+
+    def __init__(self, lib: ctypes.CDLL | None = None):
+        if lib is None:
+            name = ctypes.util.find_library("cudart")
+            candidates = [name] if name else []
+            candidates += ["libcudart.so", "/usr/local/cuda/lib64/libcudart.so"]
+            for c in candidates:
+                try:
+                    lib = ctypes.CDLL(c)
+                    break
+                except OSError:
+                    continue
+        if lib is None:
+            raise MissingError("the CUDA runtime (libcudart) was not found", "install CUDA / JetPack, or use trtexec")
+        self.lib = lib
+
+    def _check(self, status: int, what: str) -> None:
+        if status != 0:
+            raise MissingError(f"CUDA call {what} failed with error {status}")
+
+    def malloc(self, nbytes: int) -> int:
+        ptr = ctypes.c_void_p()
+        self._check(self.lib.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(nbytes)), "cudaMalloc")
+        return ptr.value or 0
+
+    def free(self, ptr: int) -> None:
+        self.lib.cudaFree(ctypes.c_void_p(ptr))
+
+    def copy_to_device(self, dst: int, src: np.ndarray) -> None:
+        self._check(self.lib.cudaMemcpy(ctypes.c_void_p(dst), src.ctypes.data_as(ctypes.c_void_p),
+                                        ctypes.c_size_t(src.nbytes), _H2D), "cudaMemcpy")
+
+    def stream(self) -> int:
+        s = ctypes.c_void_p()
+        self._check(self.lib.cudaStreamCreate(ctypes.byref(s)), "cudaStreamCreate")
+        return s.value or 0
+
+    def synchronize(self, stream: int) -> None:
+        self._check(self.lib.cudaStreamSynchronize(ctypes.c_void_p(stream)), "cudaStreamSynchronize")
+
+
+def _trt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise MissingError("profiling an engine needs TensorRT's Python package",
+                           "on a Jetson it comes with JetPack; elsewhere use --backend trtexec or ort") from None
+    return trt
+
+
+class TrtEngineRunner:
+    """Deserialize an engine, bind device buffers for a fixed batch, and expose `infer` / `sync` for timing."""
+
+    def __init__(self, engine_path: str | Path, batch: int, cuda: CudaRT | None = None):
+        from .backends import check_sidecar
+
+        trt = _trt()
+        path = Path(engine_path)
+        if not path.is_file():
+            raise ConfigError(f"engine '{path}' not found")
+        meta = check_sidecar(path, trt.__version__, gpu_name())
+        self.cuda = cuda or CudaRT()
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise IncompatibleError(f"TensorRT could not deserialize '{path}' (another TensorRT version or GPU?)",
+                                    "rebuild it on this device")
+        self.context = self.engine.create_execution_context()
+        self.stream = self.cuda.stream()
+        self.buffers: list[int] = []
+        shapes = {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            shape = list(self.engine.get_tensor_shape(name))
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                if shape[0] == -1:
+                    shape[0] = batch
+                    self.context.set_input_shape(name, shape)
+                elif shape[0] != batch:
+                    raise ConfigError(f"engine '{path}' was built for batch {shape[0]}, not {batch}",
+                                      "build an engine for this batch or with a dynamic batch profile")
+            shapes[name] = shape
+        for name, _ in shapes.items():
+            shape = list(self.context.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            ptr = self.cuda.malloc(max(nbytes, 1))
+            self.buffers.append(ptr)
+            self.context.set_tensor_address(name, ptr)
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                data = np.random.default_rng(0).random(shape).astype(dtype)
+                self.cuda.copy_to_device(ptr, data)
+        self.conditions = {"backend": "trt", "tensorrt_version": trt.__version__, "gpu": gpu_name(),
+                           "engine": str(path), "batch": batch, "engine_meta": meta,
+                           "scope": "model-only, device-resident input"}
+
+    def infer(self) -> None:
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError("TensorRT execution failed")
+
+    def sync(self) -> None:
+        self.cuda.synchronize(self.stream)
+
+    def close(self) -> None:
+        for p in self.buffers:
+            self.cuda.free(p)
+        self.buffers.clear()

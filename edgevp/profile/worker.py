@@ -1,0 +1,58 @@
+"""One measurement in its own process: `python -m edgevp.profile.worker ARTIFACT --backend ort ...` prints JSON.
+
+Running every variant in a fresh process keeps allocator state, thread pools and caches of one variant from
+colouring the next; `compare` interleaves such processes over rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .latency import measure
+
+
+def measure_artifact(artifact: str, backend: str, batch: int, warmup: int, iters: int, device: str = "cpu",
+                     threads: int | None = None) -> dict:
+    if backend == "ort":
+        from .backends import prepare_ort
+
+        call, sync, cond = prepare_ort(artifact, batch, device, threads)
+    elif backend == "trt":
+        from .backends import prepare_trt
+
+        call, sync, cond = prepare_trt(artifact, batch)
+    elif backend == "trtexec":
+        from . import trtexec
+
+        stats, cond = trtexec.run(artifact, batch, iters)
+        return {"stats": stats.to_dict(), "conditions": cond}
+    else:
+        raise ValueError(f"unknown backend {backend}")
+    stats = measure(call, batch, warmup, iters, sync)
+    return {"stats": stats.to_dict(), "conditions": cond}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import EdgevpError
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("artifact")
+    ap.add_argument("--backend", default="ort")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args(argv)
+    try:
+        out = measure_artifact(a.artifact, a.backend, a.batch, a.warmup, a.iters, a.device, a.threads)
+    except EdgevpError as e:
+        print(json.dumps({"error": e.line(), "exit_code": e.exit_code}))
+        return e.exit_code
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
