@@ -216,6 +216,21 @@ def profile(
     typer.echo(f"reference: {result['reference']}; {result['method']}; files: {files[0].parent}")
 
 
+@app.command(epilog="Example: `edgevp report runs/demo/*/* --out runs/report`")
+@handle_errors
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="run directories to compare")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="report directory")] = Path("runs/report"),
+) -> None:
+    """A summary across runs: table, accuracy-vs-cost Pareto plot, keep heatmaps, training curves, markdown."""
+    from .report import table, write_report
+
+    # shell globs over a demo directory also match its summary files: keep the run directories
+    md, rows = write_report([r for r in runs if (r / "manifest.json").is_file()] or list(runs), out)
+    typer.echo(table(rows))
+    typer.echo(f"report: {md}")
+
+
 @app.command("list")
 @handle_errors
 def list_(

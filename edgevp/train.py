@@ -328,10 +328,11 @@ def _finish(run: RunDir, cfg: RunConfig, model: PromptedModel, splits: Splits, d
                                            cfg.data.num_workers), device, cfg.train.amp)
         rep.log(f"test (best epoch {progress['best_epoch'] + 1}): top1 {test['top1']:.2f} loss {test['loss']:.4f}")
     params = model.param_summary()
-    macs = None
-    if model.info.is_vit:  # analytic MACs per image, prompts included (edgevp.cost)
+    macs = bare_macs = None
+    if model.info.is_vit:  # analytic MACs per image, prompts included, and of the bare backbone (edgevp.cost)
         macs = vit_macs(model.info, len(splits.classes), model.method.extra_tokens()).total
-    train_info = {"macs": macs, "trainable_params": params["trainable"], "total_params": params["total"],
+        bare_macs = vit_macs(model.info, len(splits.classes)).total
+    train_info = {"macs": macs, "bare_macs": bare_macs, "trainable_params": params["trainable"], "total_params": params["total"],
                   "prompt_params": params["prompt"], "head_params": params["head"],
                   "train_seconds": round(progress["seconds"], 3), "peak_mem_mib": round(_peak_mem_mib(device), 1),
                   "best_epoch": progress["best_epoch"], "best_val_top1": progress["best_top1"],

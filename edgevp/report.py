@@ -1,0 +1,164 @@
+"""`edgevp report RUN...`: one self-contained summary across runs — a comparison table, an accuracy-vs-cost Pareto
+plot, condensed runs' keep heatmaps and training curves (PNG + CSV each), and a markdown file linking them."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+from .errors import ConfigError
+from .io import atomic_path, write_json, write_text
+from .runs import RunDir
+
+
+def _latency(run: Path) -> dict | None:
+    """The run's deployed artifact latency from RUN/profile/profile.json (batch 1), with its ratio to the bare one."""
+    f = run / "profile" / "profile.json"
+    if not f.is_file():
+        return None
+    res = json.loads(f.read_text())
+    rows = [r for r in res["rows"] if r["batch"] == min(x["batch"] for x in res["rows"])]
+    mine = next((r for r in rows if r["variant"].startswith("model")), rows[-1])
+    return {"p50_ms": mine["p50_ms"], "ratio": mine["ratio_p50"], "reference": res["reference"],
+            "backend": res["conditions"].get(mine["variant"], {}).get("backend")}
+
+
+def summarize(run: Path) -> dict:
+    rd = RunDir(run)
+    m = rd.manifest()
+    cfg = rd.config()
+    info = m.get("train_info") or {}
+    cond = m.get("condense")
+    name = cfg.method + (f"-{cond['method']}" if cond else "")
+    row = {"run": run.name, "method": name, "prompts_kept": f"{cond['kept']}/{cond['total']}" if cond else "all",
+           "trainable_params": info.get("trainable_params"), "prompt_params": info.get("prompt_params"),
+           "gmacs": info.get("macs") and info["macs"] / 1e9,
+           "mac_ratio": info.get("macs") and info.get("bare_macs") and info["macs"] / info["bare_macs"],
+           "test_top1": info.get("test_top1"), "val_top1": info.get("best_val_top1"),
+           "train_seconds": info.get("train_seconds")}
+    lat = _latency(run)
+    if lat:
+        row.update(latency_p50_ms=lat["p50_ms"], latency_ratio=lat["ratio"], latency_backend=lat["backend"])
+    return row
+
+
+COLS = [("method", "method", "{}"), ("prompts_kept", "prompts kept", "{}"), ("trainable_params", "params", "{:,}"),
+        ("gmacs", "GMACs", "{:.3f}"), ("mac_ratio", "MACs vs bare", "{:.3f}"),
+        ("latency_p50_ms", "p50 ms", "{:.2f}"), ("latency_ratio", "p50 vs bare", "{:.3f}"),
+        ("test_top1", "top-1", "{:.2f}"), ("run", "run", "{}")]
+
+
+def table(rows: list[dict]) -> str:
+    def cell(r, k, f):
+        v = r.get(k)
+        return "n/a" if v is None else f.format(v)
+
+    lines = ["| " + " | ".join(h for _, h, _ in COLS) + " |", "|" + "|".join("---" for _ in COLS) + "|"]
+    lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in COLS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _savefig(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated (lower cost and higher accuracy is better)."""
+    front = []
+    for i, (c, a) in enumerate(points):
+        if not any((c2 <= c and a2 >= a) and (c2 < c or a2 > a) for j, (c2, a2) in enumerate(points) if j != i):
+            front.append(i)
+    return front
+
+
+def write_report(runs: list[Path], out: Path) -> tuple[Path, list[dict]]:
+    if not runs:
+        raise ConfigError("give at least one run directory")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [summarize(r) for r in runs]
+    files = []
+    write_json(out / "summary.json", rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=sorted({k for r in rows for k in r}))
+    w.writeheader()
+    w.writerows(rows)
+    write_text(out / "summary.csv", buf.getvalue())
+    plt = _plt()
+    # Pareto: accuracy vs latency when every run was profiled, else vs analytic MACs
+    use_lat = all(r.get("latency_p50_ms") for r in rows)
+    xkey, xlabel = ("latency_p50_ms", "p50 latency (ms), batch 1") if use_lat else ("gmacs", "GMACs per image")
+    pts = [(r[xkey], r["test_top1"]) for r in rows if r.get(xkey) is not None and r.get("test_top1") is not None]
+    named = [r for r in rows if r.get(xkey) is not None and r.get("test_top1") is not None]
+    front = pareto_front(pts)
+    write_text(out / "pareto.csv", "method,run,x,top1,on_front\n" + "".join(
+        f"{r['method']},{r['run']},{x},{a},{int(i in front)}\n" for i, (r, (x, a)) in enumerate(zip(named, pts))))
+    files.append("pareto.csv")
+    if plt and pts:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for i, (r, (x, a)) in enumerate(zip(named, pts)):
+            ax.scatter([x], [a], marker="o", facecolors="C0" if i in front else "none", edgecolors="C0")
+            ax.annotate(r["method"], (x, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        fp = sorted(pts[i] for i in front)
+        ax.plot([p[0] for p in fp], [p[1] for p in fp], "--", color="C1", lw=1, label="Pareto front")
+        ax.set(xlabel=xlabel, ylabel="test top-1 (%)", title="accuracy vs cost (hollow: dominated)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        _savefig(fig, out / "pareto.png")
+        plt.close(fig)
+        files.append("pareto.png")
+    # training curves
+    curve_rows = ["run,epoch,train_loss,val_top1"]
+    for r in runs:
+        for m in RunDir(r).metrics():
+            curve_rows.append(f"{r.name},{m['epoch']},{m.get('train_loss', '')},{m.get('val_top1', '')}")
+    write_text(out / "curves.csv", "\n".join(curve_rows) + "\n")
+    files.append("curves.csv")
+    if plt:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for r, row in zip(runs, rows):
+            ms = RunDir(r).metrics()
+            a1.plot([m["epoch"] + 1 for m in ms if "train_loss" in m], [m["train_loss"] for m in ms
+                                                                         if "train_loss" in m], marker=".",
+                    label=row["method"])
+            a2.plot([m["epoch"] + 1 for m in ms if "val_top1" in m], [m["val_top1"] for m in ms if "val_top1" in m],
+                    marker=".", label=row["method"])
+        a1.set(xlabel="epoch", ylabel="train loss")
+        a2.set(xlabel="epoch", ylabel="val top-1 (%)")
+        a2.legend(fontsize=8)
+        fig.tight_layout()
+        _savefig(fig, out / "curves.png")
+        plt.close(fig)
+        files.append("curves.png")
+    heatmaps = []
+    for r in runs:
+        for ext in ("png", "csv"):
+            src = r / "condense" / f"keep_heatmap.{ext}"
+            if src.is_file():
+                dst = out / f"keep_heatmap-{r.name}.{ext}"
+                shutil.copyfile(src, dst)
+                heatmaps.append(dst.name)
+    md = ["# edgevp report", "", table(rows), "",
+          f"Pareto plot ({'latency' if use_lat else 'analytic MACs'} on x): "
+          + (" · ".join(f"[{f}]({f})" for f in files if f.startswith("pareto"))), "",
+          "Training curves: " + " · ".join(f"[{f}]({f})" for f in files if f.startswith("curves")), ""]
+    if heatmaps:
+        md += ["Keep heatmaps of condensed runs: " + " · ".join(f"[{f}]({f})" for f in heatmaps), ""]
+    for f in files + heatmaps:
+        if f.endswith(".png"):
+            md.append(f"![{f}]({f})")
+    write_text(out / "report.md", "\n".join(md) + "\n")
+    return out / "report.md", rows

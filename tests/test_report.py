@@ -1,0 +1,48 @@
+"""`edgevp report`: files are produced, non-empty, and the table reflects the runs."""
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from edgevp.cli import app
+from edgevp.condense.pc import PCOptions, condense_pc
+from edgevp.report import pareto_front
+from edgevp.train import fit
+
+from .conftest import tiny_config
+
+
+def test_pareto_front():
+    pts = [(1.0, 70.0), (2.0, 80.0), (2.5, 75.0), (3.0, 80.0), (0.5, 60.0)]
+    assert pareto_front(pts) == [0, 1, 4]
+
+
+def test_report_across_runs(tmp_path):
+    lin, vpt = tmp_path / "lin", tmp_path / "vpt"
+    fit(tiny_config("linear", train={"epochs": 2}), out=lin)
+    fit(tiny_config("vpt", {"num_tokens": 4}, train={"epochs": 2}), out=vpt)
+    condense_pc(vpt, tmp_path / "pc", PCOptions(keep=0.5, finetune_epochs=1))
+    (vpt / "profile").mkdir()
+    (vpt / "profile" / "profile.json").write_text(json.dumps({
+        "reference": "bare", "conditions": {"model": {"backend": "ort"}},
+        "rows": [{"variant": "bare", "batch": 1, "p50_ms": 2.0, "ratio_p50": 1.0},
+                 {"variant": "model", "batch": 1, "p50_ms": 2.5, "ratio_p50": 1.25}]}))
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", str(lin), str(vpt), str(tmp_path / "pc"), str(tmp_path / "report.md"),
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "summary.json").read_text())
+    assert [x["method"] for x in rows] == ["linear", "vpt", "vpt-pc"]
+    assert rows[1]["latency_ratio"] == 1.25 and rows[2]["prompts_kept"] == "12/24"
+    assert rows[0]["mac_ratio"] == 1.0 and rows[1]["mac_ratio"] > rows[2]["mac_ratio"] > 1.0
+    for f in ("report.md", "summary.csv", "pareto.csv", "pareto.png", "curves.csv", "curves.png",
+              "keep_heatmap-pc.csv", "keep_heatmap-pc.png"):
+        assert (out / f).stat().st_size > 0, f
+    md = (out / "report.md").read_text()
+    assert "| vpt-pc | 12/24 |" in md and "(pareto.png)" in md
+
+
+def test_report_of_a_non_run_fails_cleanly(tmp_path):
+    r = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 6 and "not an edgevp run directory" in r.output
