@@ -44,6 +44,11 @@ def handle_errors(fn: Callable) -> Callable:
             _fail(e.line(), e.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except ModuleNotFoundError as e:  # a missing optional dependency, named with the install that brings it
+            extra = "train" if (e.name or "").split(".")[0] in ("torch", "timm", "safetensors", "PIL") else "onnx"
+            if _state["verbose"]:
+                traceback.print_exc()
+            _fail(f"this command needs '{e.name}', which is not installed (pip install 'edgevp[{extra}]')", 4)
         except Exception as e:  # an internal error: keep it to one line unless asked
             if _state["verbose"]:
                 traceback.print_exc()

@@ -104,3 +104,10 @@ def test_sigint_checkpoints_and_resume_finishes(tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert RunDir(out).manifest()["stages"][-1]["status"] == "completed"
+
+
+def test_training_without_the_train_extra_says_what_to_install():
+    code = ("import sys; sys.modules['torch'] = None; from edgevp.cli import main; "
+            f"sys.argv = ['edgevp', 'train', {RECIPE!r}]; main()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 4 and "pip install 'edgevp[train]'" in r.stderr and "Traceback" not in r.stderr

