@@ -141,7 +141,8 @@ def condense(
     = None,
     finetune_epochs: Annotated[Optional[int], typer.Option(help="fine-tune/retrain epochs (default 30% of the "
                                                                 "source run's, at least 1)")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="fine-tune lr (default: the source run's)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="fine-tune lr (pc default: 0.1 x the source run's; e2vpt "
+                                                      "retrains from init with the source lr)")] = None,
     token_budgets: Annotated[str, typer.Option(help="e2vpt: % of visual tokens to prune, comma-separated")]
     = "30,50,70",
     segment_budgets: Annotated[str, typer.Option(help="e2vpt: segments (of 16) to prune per kept token")] = "0,8",

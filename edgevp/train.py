@@ -236,13 +236,15 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None
         save_resume(run, {"model": model.trainable_state(), "optimizer": optimizer.state_dict(),
                           "torch_rng": torch.get_rng_state(), "progress": dict(progress)})
 
-    if tcfg.epochs == 0 and state is None:  # nothing to train: evaluate and record the given tensors
+    if (init_state is not None or tcfg.epochs == 0) and state is None:
+        # starting from given tensors (fine-tuning a condensed run): they are the first candidate for "best", so
+        # fine-tuning can only keep or improve the validation top-1
         val = evaluate(model, val_loader, device, tcfg.amp)
-        progress.update(best_top1=val["top1"], best_epoch=0)
+        progress.update(best_top1=val["top1"], best_epoch=-1)
         for which in ("best", "last"):
             save_checkpoint(run.checkpoint(which), model.trainable_state(), cfg, num_classes=len(splits.classes),
-                            epoch=0, val_top1=val["top1"])
-        append_jsonl(run.metrics_path, {"epoch": 0, **{f"val_{k}": v for k, v in val.items()}})
+                            epoch=-1, val_top1=val["top1"])
+        append_jsonl(run.metrics_path, {"epoch": -1, **{f"val_{k}": v for k, v in val.items()}})
     with _StopFlag(stop_after_steps) as stop:
         try:
             for epoch in range(start["epoch"], tcfg.epochs):

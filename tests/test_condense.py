@@ -123,6 +123,8 @@ def test_pc_end_to_end_run_round_trips_and_leaves_the_source_alone(vpt_run, tmp_
     assert report["kept"] == 9 and sum(report["kept_per_layer"]) == 9 and report["total"] == 30
     assert report["macs"]["after"] < report["macs"]["before"]
     assert report["params"]["prompt_after"] == 9 * D
+    # the removal-only state is the first candidate for "best": fine-tuning can only keep or improve val top-1
+    assert report["top1_after_finetune"]["val"] >= report["top1_after_removal"]["val"]
     for f in ("keep_mask.json", "scores.safetensors", "report.json", "keep_heatmap.csv", "scores.csv"):
         assert (out / "condense" / f).is_file()
     assert json.loads((out / "condense" / "keep_mask.json").read_text())["kept"] == 9

@@ -33,7 +33,7 @@ class PCOptions:
     score: Aggregate = "abs_batch"
     score_batches: int | None = None  # batches of training data used for scoring (None: all)
     finetune_epochs: int | None = None  # None: 30 % of the source run's epochs, at least 1
-    lr: float | None = None  # None: the source run's lr
+    lr: float | None = None  # None: a tenth of the source run's lr (a fresh optimizer at full lr undoes training)
     seed: int = 0  # for the random ranking
 
 
@@ -47,8 +47,7 @@ def condensed_config(cfg: RunConfig, counts: list[int], epochs: int, lr: float |
         new.prompt.num_tokens = counts[0]
     new.train.epochs = epochs
     new.train.warmup_epochs = 0.0
-    if lr is not None:
-        new.train.lr = lr
+    new.train.lr = lr if lr is not None else 0.1 * cfg.train.lr
     return new
 
 
