@@ -179,7 +179,7 @@ def test_e2vpt_rewind_uses_the_original_initial_values(e2vpt_run):
     (["--keep", "0"], 2, "--keep must be in (0, 1]"),
     (["--keep", "1.5"], 2, "--keep must be in (0, 1]"),
     (["--max-overhead", "-5%"], 2, "budget below the bare backbone"),
-    (["--method", "e2vpt"], 2, "needs an E²VPT run"),
+    (["--method", "e2vpt"], 2, "needs a 'e2vpt' run"),
     (["--method", "magic"], 2, "unknown condense method"),
 ])
 def test_condense_cli_errors(vpt_run, tmp_path, args, code, message):
@@ -192,7 +192,7 @@ def test_condense_refuses_runs_without_prompts_and_newer_versions(tmp_path):
     lor = tmp_path / "lor"
     fit(tiny_config("lorvp", train={"epochs": 1}), out=lor)
     r = CliRunner().invoke(app, ["condense", str(lor), "--out", str(tmp_path / "x")])
-    assert r.exit_code == 2 and "needs a VPT run" in r.output
+    assert r.exit_code == 2 and "needs a 'vpt' run" in r.output
     m = json.loads((lor / "manifest.json").read_text())
     m["schema_version"] = 99
     (lor / "manifest.json").write_text(json.dumps(m))

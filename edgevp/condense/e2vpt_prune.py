@@ -24,13 +24,13 @@ import torch
 from ..config import RunConfig
 from ..console import Reporter
 from ..cost import vit_macs
-from ..data import make_loader
 from ..errors import ConfigError, IncompatibleError
-from ..model import build_model, load_run
+from ..model import build_model
 from ..prompts.base import PromptedModel
 from ..runs import RunDir
 from .artifacts import write_condense_artifacts
 from .scores import Aggregate, mask_scores
+from .source import open_source
 
 PCTS = range(10, 100, 10)
 
@@ -96,34 +96,24 @@ def _macs(model: PromptedModel, num_classes: int, n_tokens: int) -> int:
 
 
 def condense_e2vpt(src: str | Path, out: str | Path, opts: E2VPTPruneOptions, reporter: Reporter | None = None) -> dict:
-    from ..train import evaluate, fit, load_data, resolve_device
+    from ..train import fit
 
     rep = reporter or Reporter()
-    cfg, model, meta = load_run(src)
-    if cfg.method != "e2vpt":
-        raise ConfigError(f"E²VPT pruning needs an E²VPT run; '{src}' is a '{cfg.method}' run",
-                          "VPT runs: --method pc; LoR-VP and the linear probe have no prompts to condense")
+    source = open_source(src, "e2vpt", "E²VPT pruning", "VPT runs: --method pc")
+    cfg, model, num_classes = source.cfg, source.model, source.num_classes
     if cfg.prompt.token_keep is not None:
         raise IncompatibleError(f"'{src}' is already pruned; prune the original E²VPT run")
     out = Path(out)
     if out.exists():
         raise IncompatibleError(f"output '{out}' already exists", "choose another --out")
-    num_classes = int(meta["num_classes"])
     n_p, r = cfg.prompt.num_tokens, cfg.prompt.segments
     tok_list = token_budgets(n_p) if opts.full_grid else token_budgets(n_p, opts.token_pct)
     seg_list = segment_budgets(r) if opts.full_grid else sorted({min(s, r - 4) for s in opts.segments})
     if not tok_list or any(s < 0 for s in seg_list):
         raise ConfigError(f"no valid budgets: token % must prune at least one of {n_p} tokens and keep one, "
                           "segment counts must be >= 0")
-    device = resolve_device(cfg.train.device)
-    model.to(device)
-    splits = load_data(cfg, model.info)
-    splits.train.train = False
-    bs = cfg.data.eval_batch_size or cfg.data.batch_size
-    tok_scores, seg_scores = mask_scores(model, make_loader(splits.train, bs), opts.score, opts.score_batches)
-    val_loader, test_loader = make_loader(splits.val, bs), splits.test and make_loader(splits.test, bs)
-    before = {"val": evaluate(model, val_loader, device)["top1"],
-              "test": test_loader and evaluate(model, test_loader, device)["top1"]}
+    tok_scores, seg_scores = mask_scores(model, source.scoring_loader(), opts.score, opts.score_batches)
+    before = source.top1(model)
     # the rewind source: the run's own initial values (same seed) or a fresh random init
     init_cfg = copy.deepcopy(cfg)
     if opts.rewind == "random":
@@ -149,9 +139,7 @@ def condense_e2vpt(src: str | Path, out: str | Path, opts: E2VPTPruneOptions, re
     best = max(results, key=lambda c: (c["val_top1"], -c["macs"], c["tokens_pruned"], c["segments_pruned"]))
     removal = build_model(pruned_config(cfg, best["keep"], 0, None), num_classes)
     removal.load_trainable_state(pruned_state(model, best["keep"], best["seg_keep"]))
-    removal.to(device)
-    after_removal = {"val": evaluate(removal, val_loader, device)["top1"],
-                     "test": test_loader and evaluate(removal, test_loader, device)["top1"]}
+    after_removal = source.top1(removal)
     shutil.copytree(best["run"], out)
     RunDir(out).update_manifest(run_id=out.name)
     kept = int(best["keep"].sum())

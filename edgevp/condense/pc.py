@@ -14,13 +14,13 @@ import torch
 from ..config import RunConfig
 from ..console import Reporter
 from ..cost import vit_macs
-from ..data import make_loader
 from ..errors import ConfigError
-from ..model import build_model, load_run
+from ..model import build_model
 from ..prompts.base import PromptedModel
 from ..runs import RunDir
 from .artifacts import write_condense_artifacts
 from .scores import Aggregate, gate_scores
+from .source import open_source
 from .select import Ranking, count_for_budget, keep_masks
 
 
@@ -67,20 +67,12 @@ def macs_for(model: PromptedModel, num_classes: int, counts: list[int]) -> int:
 
 def condense_pc(src: str | Path, out: str | Path, opts: PCOptions, reporter: Reporter | None = None) -> dict:
     """Condense the VPT run `src` into a new run directory `out`; returns the report (also saved there)."""
-    from ..train import evaluate, fit, load_data, resolve_device
+    from ..train import fit
 
     rep = reporter or Reporter()
-    cfg, model, meta = load_run(src)
-    if cfg.method != "vpt":
-        raise ConfigError(f"Prompt Condensation needs a VPT run; '{src}' is a '{cfg.method}' run",
-                          "E²VPT runs: --method e2vpt; LoR-VP and the linear probe have no prompts to condense")
-    num_classes = int(meta["num_classes"])
-    splits = load_data(cfg, model.info)
-    splits.train.train = False  # score on un-augmented images
-    bs = cfg.data.eval_batch_size or cfg.data.batch_size
-    device = resolve_device(cfg.train.device)
-    model.to(device)
-    scores = gate_scores(model, make_loader(splits.train, bs), opts.score, opts.score_batches)
+    source = open_source(src, "vpt", "Prompt Condensation", "E²VPT runs: --method e2vpt")
+    cfg, model, num_classes = source.cfg, source.model, source.num_classes
+    scores = gate_scores(model, source.scoring_loader(), opts.score, opts.score_batches)
     total = sum(len(s) for s in scores)
     bare_macs = macs_for(model, num_classes, [0] * len(scores))
     if opts.max_overhead is not None:
@@ -103,14 +95,10 @@ def condense_pc(src: str | Path, out: str | Path, opts: PCOptions, reporter: Rep
     state = condensed_state(model, masks)
     rep.log(f"keeping {k}/{total} prompts ({opts.ranking} ranking, score {opts.score}); per layer: {counts}")
 
-    val_loader, test_loader = make_loader(splits.val, bs), splits.test and make_loader(splits.test, bs)
-    before = {"val": evaluate(model, val_loader, device)["top1"],
-              "test": test_loader and evaluate(model, test_loader, device)["top1"]}
+    before = source.top1(model)
     removed = build_model(new_cfg, num_classes)
     removed.load_trainable_state(state)
-    removed.to(device)
-    after_removal = {"val": evaluate(removed, val_loader, device)["top1"],
-                     "test": test_loader and evaluate(removed, test_loader, device)["top1"]}
+    after_removal = source.top1(removed)
     src_manifest = RunDir(src).manifest()
     result = fit(new_cfg, out=out, command=["edgevp", "condense", str(src)], init_state=state, reporter=rep,
                  extra_inputs={"condensed_from": {"run": str(Path(src).resolve()), "run_id": src_manifest["run_id"]}})
