@@ -328,7 +328,8 @@ def _finish(run: RunDir, cfg: RunConfig, model: PromptedModel, splits: Splits, d
     if splits.test is not None:
         test = evaluate(model, make_loader(splits.test, cfg.data.eval_batch_size or cfg.data.batch_size,
                                            cfg.data.num_workers), device, cfg.train.amp)
-        rep.log(f"test (best epoch {progress['best_epoch'] + 1}): top1 {test['top1']:.2f} loss {test['loss']:.4f}")
+        best = "the starting tensors" if progress["best_epoch"] < 0 else f"epoch {progress['best_epoch'] + 1}"
+        rep.log(f"test (best: {best}): top1 {test['top1']:.2f} loss {test['loss']:.4f}")
     params = model.param_summary()
     macs = bare_macs = None
     if model.info.is_vit:  # analytic MACs per image, prompts included, and of the bare backbone (edgevp.cost)
