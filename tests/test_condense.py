@@ -192,7 +192,7 @@ def test_condense_refuses_runs_without_prompts_and_newer_versions(tmp_path):
     lor = tmp_path / "lor"
     fit(tiny_config("lorvp", train={"epochs": 1}), out=lor)
     r = CliRunner().invoke(app, ["condense", str(lor), "--out", str(tmp_path / "x")])
-    assert r.exit_code == 2 and "needs a 'vpt' run" in r.output
+    assert r.exit_code == 2 and "needs a 'vpt' or 'e2vpt' run" in r.output
     m = json.loads((lor / "manifest.json").read_text())
     m["schema_version"] = 99
     (lor / "manifest.json").write_text(json.dumps(m))
@@ -205,3 +205,26 @@ def test_condense_cli_end_to_end(vpt_run, tmp_path):
                                  "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
     assert "kept 15/30 prompts" in r.output
+
+
+def test_pc_on_e2vpt_bakes_masks_and_keeps_kv_prompts(e2vpt_run, tmp_path, digits_batch):
+    _, model, _ = load_run(e2vpt_run)
+    cfg = RunDir(e2vpt_run).config()
+    with torch.no_grad():  # masks that are not all ones must be baked into the kept prompts exactly
+        model.method.segment_mask[1, 3] = 0.0
+        model.method.token_mask[2] = 0.5
+    everything = [torch.ones(5, dtype=torch.bool)] * DEPTH
+    same = build_model(condensed_config(cfg, [5] * DEPTH, 1, None), 10).eval()
+    same.load_trainable_state(condensed_state(model, everything))
+    with torch.no_grad():
+        torch.testing.assert_close(same(digits_batch), model.eval()(digits_batch), rtol=0, atol=1e-6)
+    assert same.method.token_mask.numel() == 0 and torch.equal(same.method.kv_k, model.method.kv_k)
+    report = condense_pc(e2vpt_run, tmp_path / "pc", PCOptions(keep=0.4, finetune_epochs=1))
+    assert report["kept"] == 12 and report["total"] == 30
+    _, small, _ = load_run(tmp_path / "pc")
+    assert [p.shape[0] for p in small.method.prompts] == report["kept_per_layer"]
+    kv = DEPTH * 2 * 2 * (D // 2)  # KV prompts are not condensed
+    assert small.param_summary()["prompt"] == 12 * D + kv
+    assert report["macs"]["after"] == vit_macs(small.info, 10, small.method.extra_tokens()).total
+    with pytest.raises(Exception, match="already pruned or condensed"):
+        condense_e2vpt(tmp_path / "pc", tmp_path / "again", E2VPTPruneOptions())

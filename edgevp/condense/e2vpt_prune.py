@@ -99,10 +99,10 @@ def condense_e2vpt(src: str | Path, out: str | Path, opts: E2VPTPruneOptions, re
     from ..train import fit
 
     rep = reporter or Reporter()
-    source = open_source(src, "e2vpt", "E²VPT pruning", "VPT runs: --method pc")
+    source = open_source(src, ("e2vpt",), "E²VPT pruning", "VPT runs: --method pc")
     cfg, model, num_classes = source.cfg, source.model, source.num_classes
-    if cfg.prompt.token_keep is not None:
-        raise IncompatibleError(f"'{src}' is already pruned; prune the original E²VPT run")
+    if cfg.prompt.token_keep is not None or cfg.prompt.tokens_per_layer is not None:
+        raise IncompatibleError(f"'{src}' is already pruned or condensed; prune the original E²VPT run")
     out = Path(out)
     if out.exists():
         raise IncompatibleError(f"output '{out}' already exists", "choose another --out")

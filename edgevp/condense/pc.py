@@ -2,7 +2,8 @@
 seeds-methods.md §4.2: score every prompt of every layer with a gradient-based gate score, rank all of them together
 (or per layer, or at random for the baseline), physically remove the dropped ones, then fine-tune only the kept
 prompts and the head for a short schedule. The result is a normal run directory of the same method whose per-layer
-prompt counts differ (`prompt.tokens_per_layer`)."""
+prompt counts differ (`prompt.tokens_per_layer`). On E²VPT runs it condenses the visual prompts (their token and
+segment masks are multiplied into them first); the key-value prompts stay."""
 from __future__ import annotations
 
 import copy
@@ -17,6 +18,7 @@ from ..cost import vit_macs
 from ..errors import ConfigError
 from ..model import build_model
 from ..prompts.base import PromptedModel
+from ..prompts.e2vpt import E2VPT
 from ..runs import RunDir
 from .artifacts import write_condense_artifacts
 from .scores import Aggregate, gate_scores
@@ -40,7 +42,10 @@ class PCOptions:
 def condensed_config(cfg: RunConfig, counts: list[int], epochs: int, lr: float | None) -> RunConfig:
     new = copy.deepcopy(cfg)
     new.name = None
-    if cfg.prompt.deep:
+    if cfg.method == "e2vpt":  # visual prompts per layer, masks baked in
+        new.prompt.tokens_per_layer = list(counts)
+        new.prompt.token_keep = None
+    elif cfg.prompt.deep:
         new.prompt.tokens_per_layer = list(counts)
         new.prompt.num_tokens = max(counts)
     else:
@@ -52,17 +57,23 @@ def condensed_config(cfg: RunConfig, counts: list[int], epochs: int, lr: float |
 
 
 def condensed_state(model: PromptedModel, masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The source's trainable tensors with the dropped prompt rows removed."""
+    """The source's trainable tensors with the dropped prompt rows removed (E²VPT: masks baked in first)."""
     state = model.trainable_state()
+    e2vpt = isinstance(model.method, E2VPT)
     for l, keep in enumerate(masks):
         key = f"method.prompts.{l}"
-        state[key] = state[key][keep].clone()
+        rows = model.method.masked(model.method.prompts[l]).detach() if e2vpt else state[key]
+        state[key] = rows[keep].clone()
+    if e2vpt:
+        state["method.token_mask"] = state["method.token_mask"][:0].clone()
+        state["method.segment_mask"] = state["method.segment_mask"][:0].clone()
     return state
 
 
 def macs_for(model: PromptedModel, num_classes: int, counts: list[int]) -> int:
     per_block = counts if model.method.deep else counts * model.info.depth
-    return vit_macs(model.info, num_classes, [(n, n) for n in per_block]).total
+    kv = model.method.config.num_kv if isinstance(model.method, E2VPT) else 0
+    return vit_macs(model.info, num_classes, [(n, n + kv) for n in per_block]).total
 
 
 def condense_pc(src: str | Path, out: str | Path, opts: PCOptions, reporter: Reporter | None = None) -> dict:
@@ -70,16 +81,20 @@ def condense_pc(src: str | Path, out: str | Path, opts: PCOptions, reporter: Rep
     from ..train import fit
 
     rep = reporter or Reporter()
-    source = open_source(src, "vpt", "Prompt Condensation", "E²VPT runs: --method e2vpt")
+    source = open_source(src, ("vpt", "e2vpt"), "Prompt Condensation", "or E²VPT token pruning: --method e2vpt")
     cfg, model, num_classes = source.cfg, source.model, source.num_classes
     scores = gate_scores(model, source.scoring_loader(), opts.score, opts.score_batches)
     total = sum(len(s) for s in scores)
-    bare_macs = macs_for(model, num_classes, [0] * len(scores))
+    bare_macs = vit_macs(model.info, num_classes).total
     if opts.max_overhead is not None:
         if opts.max_overhead < 0:
             raise ConfigError("--max-overhead must be >= 0: a budget below the bare backbone's cost keeps nothing")
-        k = count_for_budget(scores, lambda c: macs_for(model, num_classes, c),
-                             int(bare_macs * (1 + opts.max_overhead)))
+        try:
+            k = count_for_budget(scores, lambda c: macs_for(model, num_classes, c),
+                                 int(bare_macs * (1 + opts.max_overhead)))
+        except ValueError:
+            raise ConfigError(f"--max-overhead {opts.max_overhead:.1%} is below what this run costs without any "
+                              "visual prompt (its key-value prompts)", "raise the budget") from None
     elif opts.keep_count is not None:
         if not 0 < opts.keep_count <= total:
             raise ConfigError(f"--keep-count must be in 1..{total}, got {opts.keep_count}")

@@ -39,13 +39,15 @@ class Source:
         return {"val": val, "test": test}
 
 
-def open_source(src: str | Path, method: str, what: str, other: str) -> Source:
-    """Load run `src`, which must be a `method` run (`what` names the condensation, `other` the alternative)."""
+def open_source(src: str | Path, methods: tuple[str, ...], what: str, other: str) -> Source:
+    """Load run `src`, which must be a run of one of `methods` (`what` names the condensation, `other` the
+    alternative)."""
     from ..train import load_data, resolve_device
 
     cfg, model, meta = load_run(src)
-    if cfg.method != method:
-        raise ConfigError(f"{what} needs a '{method}' run; '{src}' is a '{cfg.method}' run",
+    if cfg.method not in methods:
+        raise ConfigError(f"{what} needs a {' or '.join(repr(m) for m in methods)} run; '{src}' is a "
+                          f"'{cfg.method}' run",
                           f"{other}; LoR-VP and the linear probe have no prompts to condense")
     device = resolve_device(cfg.train.device)
     model.to(device)

@@ -75,6 +75,9 @@ class E2VPTConfig(PromptConfig):
     segments: int = field(default=16, metadata={"help": "segments per prompt for segment masks (R)"})
     train_masks: bool = field(default=False, metadata={"help": "learn the token/segment masks as gains"})
     token_keep: list[bool] | None = field(default=None, metadata={"help": "kept visual tokens (written by pruning)"})
+    tokens_per_layer: list[int] | None = field(
+        default=None, metadata={"help": "per-layer visual prompt counts (written by Prompt Condensation; the masks "
+                                        "are then baked into the prompts)"})
 
     def __post_init__(self):
         if self.num_tokens < 0 or self.num_kv < 0 or self.segments < 1:
@@ -94,10 +97,17 @@ class E2VPT(TokenPrompts):
         if d % config.segments:
             raise ConfigError(f"prompt.segments={config.segments} must divide the embedding dim {d}")
         n = config.num_tokens if config.token_keep is None else sum(config.token_keep)
+        self.counts = [n] * depth
+        self.baked = config.tokens_per_layer is not None  # condensed per layer: masks live in the prompts
+        if self.baked:
+            if len(config.tokens_per_layer) != depth or min(config.tokens_per_layer) < 0:
+                raise ConfigError(f"prompt.tokens_per_layer needs {depth} non-negative counts")
+            self.counts, n = list(config.tokens_per_layer), 0
         bound = vpt_init_bound(info)
-        self.prompts = nn.ParameterList([nn.Parameter(torch.empty(n, d).uniform_(-bound, bound)) for _ in range(depth)])
-        self.token_mask = nn.Parameter(torch.ones(n), requires_grad=config.train_masks)
-        self.segment_mask = nn.Parameter(torch.ones(n, config.segments), requires_grad=config.train_masks)
+        self.prompts = nn.ParameterList([nn.Parameter(torch.empty(c, d).uniform_(-bound, bound)) for c in self.counts])
+        self.token_mask = nn.Parameter(torch.ones(n), requires_grad=config.train_masks and not self.baked)
+        self.segment_mask = nn.Parameter(torch.ones(n, config.segments),
+                                         requires_grad=config.train_masks and not self.baked)
         head_dim = d // h
         shape = (depth, h, config.num_kv, head_dim)
         self.kv_k = nn.Parameter(self._kv_init(torch.empty(shape), config, head_dim))
@@ -119,9 +129,11 @@ class E2VPT(TokenPrompts):
             self._swap(wrapped.block, "attn", KVPromptAttention(wrapped.block.attn, i, self))
 
     def layer_counts(self) -> list[int]:
-        return [self.token_mask.numel()] * self.info.depth
+        return self.counts
 
     def masked(self, p: torch.Tensor) -> torch.Tensor:
+        if self.baked:
+            return p
         reps = p.shape[-1] // self.segment_mask.shape[1]
         return self.token_mask[:, None] * self.segment_mask.repeat(1, reps) * p
 
