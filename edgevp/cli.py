@@ -194,7 +194,8 @@ def condense(
 def profile(
     target: Annotated[Path, typer.Argument(help="an artifact (.onnx, .engine) or a run directory with exports")],
     against: Annotated[list[Path], typer.Option(help="artifacts to compare with (repeatable)")] = [],  # noqa: B006
-    backend: Annotated[str, typer.Option(help="ort | trt (TensorRT runtime) | trtexec")] = "ort",
+    backend: Annotated[str, typer.Option(help="ort | trt (TensorRT runtime) | trtexec | torch (a run directory: "
+                                              "the run vs its bare backbone and uncondensed source)")] = "ort",
     device: Annotated[str, typer.Option(help="ort execution provider: cpu | cuda | tensorrt")] = "cpu",
     batch: Annotated[list[int], typer.Option(help="batch size (repeatable)")] = [1],  # noqa: B006
     warmup: Annotated[int, typer.Option(help="untimed calls before timing")] = 10,

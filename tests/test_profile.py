@@ -260,3 +260,23 @@ def test_jetson_state_reads_clocks_and_warns(tmp_path):
     state = jetson_state(str(tmp_path))
     assert state["l4t"].startswith("# R36") and state["cpu_clocks"]["cpu0"]["max_khz"] == "1728000"
     assert any("jetson_clocks" in w for w in state["warnings"])
+
+
+def test_profile_a_condensed_run_in_torch_against_its_uncompressed_versions(tmp_path):
+    from edgevp.condense.pc import PCOptions, condense_pc
+    from edgevp.train import fit
+
+    from .conftest import tiny_config
+
+    fit(tiny_config("vpt", {"num_tokens": 6}, train={"epochs": 1}), out=tmp_path / "vpt")
+    condense_pc(tmp_path / "vpt", tmp_path / "pc", PCOptions(keep=0.25, finetune_epochs=0))
+    r = CliRunner().invoke(app, ["profile", str(tmp_path / "pc"), "--backend", "torch", "--iters", "3", "--warmup",
+                                 "1", "--rounds", "2", "--threads", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    names = [row["variant"] for row in res["rows"]]
+    assert names == ["bare backbone", "uncondensed source", "vpt (this run)"]
+    macs = {row["variant"]: row["ratio_macs"] for row in res["rows"]}
+    assert macs["bare backbone"] == 1.0 < macs["vpt (this run)"] < macs["uncondensed source"]
+    assert all(row["peak_rss_mib"] > 0 for row in res["rows"])
+    assert (tmp_path / "pc" / "profile" / "profile.json").is_file()

@@ -60,9 +60,9 @@ def compare(variants: list[Variant], batches: list[int], rounds: int = 3, warmup
     if not variants:
         raise ValueError("nothing to profile")
     for v in variants:
-        if not Path(v.artifact).is_file():
+        if not Path(v.artifact.partition("#")[0]).exists():
             raise EdgevpError(f"artifact '{v.artifact}' not found")
-    costs = {v.name: artifact_cost(v.artifact) for v in variants}
+    costs = {v.name: ({} if v.backend == "torch" else artifact_cost(v.artifact)) for v in variants}
     rows, conditions = [], {}
     for b in batches:
         samples: dict[str, list[LatencyStats]] = {v.name: [] for v in variants}
@@ -75,7 +75,8 @@ def compare(variants: list[Variant], batches: list[int], rounds: int = 3, warmup
         for v in variants:
             s = median_of(samples[v.name])
             row = {"variant": v.name, "batch": b, **s.to_dict(), "ratio_p50": s.p50_ms / ref.p50_ms,
-                   "rounds": rounds, **costs[v.name], **v.info}
+                   "rounds": rounds, "peak_rss_mib": conditions[v.name].get("peak_rss_mib"), **costs[v.name],
+                   **v.info}
             ref_macs = costs[variants[0].name].get("macs")
             if ref_macs and costs[v.name].get("macs"):
                 row["ratio_macs"] = costs[v.name]["macs"] / ref_macs

@@ -12,7 +12,7 @@ COLUMNS = [("variant", "variant", "{}"), ("batch", "batch", "{}"), ("p50_ms", "p
            ("p90_ms", "p90 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"), ("mean_ms", "mean ms", "{:.2f}"),
            ("std_ms", "std ms", "{:.2f}"), ("throughput", "img/s", "{:.1f}"), ("ratio_p50", "p50 ratio", "{:.3f}"),
            ("macs", "GMACs", "{:.4f}"), ("ratio_macs", "MAC ratio", "{:.3f}"), ("params", "params", "{:,}"),
-           ("bytes", "size MB", "{:.2f}")]
+           ("bytes", "size MB", "{:.2f}"), ("peak_rss_mib", "peak RSS MiB", "{:.0f}")]
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:

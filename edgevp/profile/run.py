@@ -31,12 +31,35 @@ def run_variants(run: Path, backend: str, device: str) -> list[Variant]:
     return [_variant(p, backend, device) for p in found]
 
 
+def torch_run_variants(run: Path, device: str) -> list[Variant]:
+    """A run in PyTorch against its uncompressed versions: the bare backbone, and the run it was condensed from."""
+    from ..runs import RunDir
+
+    manifest = RunDir(run).manifest()
+    train_info = manifest.get("train_info") or {}
+    variants = [Variant("bare backbone", f"{run}#bare", "torch", device, {"macs": train_info.get("bare_macs")}),
+                Variant(f"{manifest.get('method')} (this run)", str(run), "torch", device,
+                        {"macs": train_info.get("macs"), "params": train_info.get("total_params")})]
+    source = (manifest.get("inputs") or {}).get("condensed_from")
+    if source and Path(source["run"]).is_dir():
+        info = RunDir(source["run"]).manifest().get("train_info") or {}
+        variants.insert(1, Variant("uncondensed source", source["run"], "torch", device,
+                                   {"macs": info.get("macs"), "params": info.get("total_params")}))
+    for v in variants:
+        if v.info.get("macs") and variants[0].info.get("macs"):
+            v.info["ratio_macs"] = v.info["macs"] / variants[0].info["macs"]
+    return variants
+
+
 def profile_targets(target: Path, against: list[Path], backend: str, device: str, batches: list[int], warmup: int,
                     iters: int, rounds: int, threads: int | None, out: Path | None) -> tuple[dict, list[Path]]:
-    if backend not in ("ort", "trt", "trtexec"):
-        raise ConfigError(f"unknown backend '{backend}'", "choose ort, trt or trtexec")
+    if backend not in ("ort", "trt", "trtexec", "torch"):
+        raise ConfigError(f"unknown backend '{backend}'", "choose ort, trt, trtexec or torch")
+    if backend == "torch" and not target.is_dir():
+        raise ConfigError("--backend torch profiles a run directory (PyTorch eager), not an artifact")
     if target.is_dir():
-        variants = run_variants(target, backend, device)
+        variants = (torch_run_variants(target, device) if backend == "torch"
+                    else run_variants(target, backend, device))
         out = out or target / "profile"
     else:
         variants = [_variant(target, backend, device)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 
 from .latency import measure
@@ -22,6 +23,8 @@ def measure_artifact(artifact: str, backend: str, batch: int, warmup: int, iters
         from .backends import prepare_trt
 
         call, sync, cond = prepare_trt(artifact, batch)
+    elif backend == "torch":  # a run directory: the prompted model, or its bare backbone ("RUN#bare")
+        call, sync, cond = prepare_run_torch(artifact, batch, device, threads)
     elif backend == "trtexec":
         from . import trtexec
 
@@ -30,7 +33,20 @@ def measure_artifact(artifact: str, backend: str, batch: int, warmup: int, iters
     else:
         raise ValueError(f"unknown backend {backend}")
     stats = measure(call, batch, warmup, iters, sync)
+    cond["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # this process
     return {"stats": stats.to_dict(), "conditions": cond}
+
+
+def prepare_run_torch(spec: str, batch: int, device: str, threads: int | None):
+    """PyTorch eager on a run's model; `RUN#bare` times the same backbone and head with the prompts detached."""
+    from ..model import load_run
+    from .backends import prepare_torch
+
+    run, _, variant = spec.partition("#")
+    _, model, _ = load_run(run)
+    if variant == "bare":
+        model.detach_method()
+    return prepare_torch(model, batch, model.info.input_size, "cpu" if device == "cpu" else device, False, threads)
 
 
 def main(argv: list[str] | None = None) -> int:
