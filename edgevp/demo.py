@@ -59,6 +59,18 @@ def run_demo(out: Path, methods: list[str], sets: list[str], quiet: bool = False
             verdict = "beats" if delta > 0 else "does not beat"
             print(f"{r['method']} {verdict} the linear probe: {delta:+.2f} points test top-1 (same data, epochs, "
                   f"optimiser, {r['train_seconds'] / max(base['train_seconds'], 1e-9):.1f}x its training time)")
+    if condense and (root / "vpt_deep-pc30").is_dir():
+        # profile: the condensed run against its bare backbone and its uncondensed source (PyTorch CPU, batch 1,
+        # each variant in its own process, interleaved rounds), then one report across every run
+        from .profile.report_table import markdown
+        from .profile.run import profile_targets
+        from .report import write_report
+
+        rep.log("== profile: bare backbone vs VPT-deep vs VPT-deep + PC 30 % ==")
+        result, _ = profile_targets(root / "vpt_deep-pc30", [], "torch", "cpu", [1], 5, 20, 3, None, None)
+        print(markdown(result["rows"]))
+        md, _ = write_report([Path(r["run_dir"]) for r in rows], root / "report")
+        print(f"report: {md} (Pareto plot: {md.parent / 'pareto.png'})")
     print(f"summary: {root / 'summary.md'}")
     return rows
 

@@ -24,6 +24,9 @@ def test_demo_trains_every_method_and_writes_the_comparison(tmp_path):
     assert rows[0]["prompt_params"] == 0 and rows[1]["prompt_params"] == 6 * 32 * 4
     assert "| vpt_deep |" in r.output and "the linear probe:" in r.output
     assert (root / "summary.md").read_text().startswith("| method |")
+    assert (root / "vpt_deep-pc30" / "profile" / "profile.json").is_file()  # profile step
+    assert (root / "report" / "report.md").is_file() and (root / "report" / "pareto.png").is_file()  # report step
+    assert "p50 ratio" in r.output and "report:" in r.output
 
 
 def test_demo_rejects_unknown_methods(tmp_path):
