@@ -287,5 +287,55 @@ def demo(
     run_demo(out, [m.strip() for m in methods.split(",") if m.strip()], sets, quiet=_state["quiet"], condense=condense)
 
 
+@app.command("export", epilog="Examples: `edgevp export runs/vpt` · `edgevp export runs/vpt --target ort-fp16` · "
+                              "`edgevp export runs/lorvp --target trt-fp16 --opset 17` (without TensorRT: writes the "
+                              "device bundle, exit 4)")
+@handle_errors
+def export_(
+    run: Annotated[Path, typer.Argument(help="trained (or condensed) run directory")],
+    target: Annotated[str, typer.Option(help="onnx | ort-fp16 | ort-int8 | trt-fp32 | trt-fp16 | trt-int8 "
+                                             "(the export target registry)")] = "onnx",
+    opset: Annotated[int, typer.Option(help="ONNX opset: 18, or 17 for older TensorRT")] = 18,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output directory (default: RUN/export)")]
+    = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static", help="free batch axis in the ONNX")]
+    = True,
+    include_preprocess: Annotated[bool, typer.Option(
+        "--include-preprocess/--no-preprocess", help="the artifact takes [0,1] images (normalisation inside) "
+                                                     "instead of normalised ones")] = True,
+    exporter: Annotated[str, typer.Option(help="dynamo | legacy (TorchScript)")] = "dynamo",
+    simplify: Annotated[str, typer.Option(help="auto | onnxsim | onnxslim | none")] = "auto",
+    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    atol: Annotated[float, typer.Option(help="parity gate: max abs logit difference ORT vs PyTorch")] = 1e-4,
+    max_drop: Annotated[float, typer.Option(help="fp16/int8 gate: allowed val top-1 drop vs fp32 (points)")] = 2.0,
+    int8_mode: Annotated[str, typer.Option(help="ort-int8: static (QDQ, calibrated) | dynamic")] = "static",
+    trt_dynamic_batch: Annotated[bool, typer.Option(help="TensorRT: a dynamic batch profile (1..--trt-max-batch) "
+                                                         "instead of a fixed batch-1 engine")] = False,
+    trt_max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the dynamic profile")] = 8,
+    with_bare: Annotated[bool, typer.Option(help="onnx: also export the bare backbone as bare.onnx, the reference "
+                                                 "`edgevp profile RUN` compares with")] = False,
+) -> None:
+    """Fold the prompts into constants and export deployable artifacts, gated on parity with the PyTorch model.
+
+    Exit codes: 3 the artifact failed its parity/accuracy gate (kept with a `.failed` suffix) · 4 TensorRT or a
+    GPU is missing (the device bundle is written) · 2 bad option or unwritable output · 6 incomplete run directory.
+    """
+    from .export.pipeline import ExportOptions, export_run
+    from .export.targets import get_target
+
+    get_target(target)
+    if checkpoint not in ("best", "last") or int8_mode not in ("static", "dynamic") or trt_max_batch < 1:
+        _fail("--checkpoint takes best|last, --int8-mode static|dynamic, --trt-max-batch >= 1", 2)
+    sidecar = export_run(run, ExportOptions(
+        target=target, opset=opset, out=out, dynamic_batch=dynamic_batch, include_preprocess=include_preprocess,
+        exporter=exporter, simplify=simplify, which=checkpoint, atol=atol, max_top1_drop=max_drop,
+        int8_mode=int8_mode, trt_dynamic_batch=trt_dynamic_batch, trt_max_batch=trt_max_batch, with_bare=with_bare))
+    p, acc, fold = sidecar["parity"], sidecar.get("accuracy_vs_fp32"), sidecar["fold"]
+    extra = f", top-1 {acc['top1']:.2f} vs fp32 {acc['top1_fp32']:.2f}" if acc else ""
+    typer.echo(f"done: {target} ({fold['pixel'] if fold['pixel'] != 'none' else fold['tokens']} fold), parity max "
+               f"abs {p['max_abs']:.2e}, top-1 agreement {p['top1_agreement']:.3f}{extra} -> "
+               f"{', '.join(sidecar['files'])} in {out or run / 'export'}")
+
+
 def main() -> None:
     app()

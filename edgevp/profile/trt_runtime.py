@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import ConfigError, IncompatibleError, MissingError
 from .device import gpu_name
 
-_H2D = 1
+_H2D, _D2H = 1, 2
 
 
 class CudaRT:
@@ -47,6 +47,10 @@ class CudaRT:
     def copy_to_device(self, dst: int, src: np.ndarray) -> None:
         self._check(self.lib.cudaMemcpy(ctypes.c_void_p(dst), src.ctypes.data_as(ctypes.c_void_p),
                                         ctypes.c_size_t(src.nbytes), _H2D), "cudaMemcpy")
+
+    def copy_to_host(self, dst: np.ndarray, src: int) -> None:
+        self._check(self.lib.cudaMemcpy(dst.ctypes.data_as(ctypes.c_void_p), ctypes.c_void_p(src),
+                                        ctypes.c_size_t(dst.nbytes), _D2H), "cudaMemcpy")
 
     def stream(self) -> int:
         s = ctypes.c_void_p()
@@ -86,6 +90,8 @@ class TrtEngineRunner:
         self.context = self.engine.create_execution_context()
         self.stream = self.cuda.stream()
         self.buffers: list[int] = []
+        self.batch = batch
+        self.io: dict[str, tuple[int, list[int], np.dtype, bool]] = {}  # name -> (ptr, shape, dtype, is_input)
         shapes = {}
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
@@ -105,7 +111,9 @@ class TrtEngineRunner:
             ptr = self.cuda.malloc(max(nbytes, 1))
             self.buffers.append(ptr)
             self.context.set_tensor_address(name, ptr)
-            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            self.io[name] = (ptr, shape, dtype, is_input)
+            if is_input:
                 data = np.random.default_rng(0).random(shape).astype(dtype)
                 self.cuda.copy_to_device(ptr, data)
         self.conditions = {"backend": "trt", "tensorrt_version": trt.__version__, "gpu": gpu_name(),
@@ -118,6 +126,23 @@ class TrtEngineRunner:
 
     def sync(self) -> None:
         self.cuda.synchronize(self.stream)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Outputs of the (single-input, single-output) engine on `x`, `batch` rows at a time (the last padded)."""
+        (iptr, ishape, idtype, _), = [v for v in self.io.values() if v[3]]
+        (optr, oshape, odtype, _), = [v for v in self.io.values() if not v[3]]
+        outs = []
+        for i in range(0, len(x), self.batch):
+            chunk = x[i:i + self.batch]
+            pad = np.zeros(ishape, idtype)
+            pad[:len(chunk)] = chunk
+            self.cuda.copy_to_device(iptr, np.ascontiguousarray(pad))
+            self.infer()
+            self.sync()
+            out = np.empty(oshape, odtype)
+            self.cuda.copy_to_host(out, optr)
+            outs.append(out[:len(chunk)].astype(np.float32))
+        return np.concatenate(outs)
 
     def close(self) -> None:
         for p in self.buffers:

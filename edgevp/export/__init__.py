@@ -1,0 +1,1 @@
+"""Deploy forms and export targets: fold prompts into constants, write ONNX / ONNX Runtime / TensorRT artifacts."""

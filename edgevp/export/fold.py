@@ -1,0 +1,272 @@
+"""Deploy forms of trained prompt methods: prompts become constants, exact within float rounding.
+
+`to_deploy(model)` returns a plain eval-mode module (no method object, no dropout, no Python-side state) that
+computes the same logits as the PromptedModel:
+
+- LoR-VP: the prompt P = B·A is input-independent. On a timm ViT whose patch embedding is a bias-carrying,
+  non-overlapping Conv2d with no norm, at fixed input size, conv(normalize(x + P)) = conv(normalize(x)) +
+  conv_nobias(P / std), so conv_nobias(P / std) is added to the patch part of `pos_embed` and the graph has exactly
+  the bare backbone's operators ("pos_embed"). Otherwise, with the preprocessing in the graph, P is folded into the
+  mean subtraction, (x + P - mean) = x - (mean - P), again no extra operator ("mean"); without preprocessing it is one
+  constant Add of P / std on the normalised input ("input_bias").
+- VPT-deep and E²VPT visual prompts: block l's prompt tokens are constants whose outputs are discarded (replaced at
+  block l + 1, stripped after the last block), so only their keys and values matter:
+  K_p = k_norm(LN1(P_l) W_k + b_k), V_p = LN1(P_l) W_v + b_v, per head. They are precomputed and concatenated in
+  front of the image tokens' keys and values; the prompt rows cost no query, projection or MLP compute.
+  E²VPT's own key-value prompts are constants already and join the same prefix.
+- VPT-shallow: the prompts are inserted once, before block 0, and then evolve with the image: after the first
+  attention their states depend on the input, so only the inserted tokens are constants ("tokens").
+- Label mappings (flm/ilm) become a constant index_select (an ONNX Gather). The linear probe is the plain backbone.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..prompts.base import PromptedModel
+
+
+@dataclass
+class FoldReport:
+    """What `to_deploy` did, for the export sidecar and the manifest."""
+
+    method: str
+    pixel: str = "none"  # none | pos_embed | mean | input_bias
+    pixel_reason: str = ""  # why the pos_embed fold was not used
+    tokens: str = "none"  # none | kv | tokens (VPT-shallow)
+    kv_columns: list[int] = field(default_factory=list)  # extra key/value columns per block
+    label_map: bool = False
+    fixed_img_size: bool = False  # a dynamic-size timm ViT was turned into its fixed-size form
+    include_preprocess: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVConstAttention(nn.Module):
+    """timm Attention with constant keys/values (heads, n, head_dim) prepended; queries are not extended."""
+
+    def __init__(self, attn: nn.Module, pk: torch.Tensor, pv: torch.Tensor):
+        super().__init__()
+        self.attn = attn
+        self.register_buffer("pk", pk.detach().clone().contiguous())
+        self.register_buffer("pv", pv.detach().clone().contiguous())
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("constant key/value prompts with attention masks are not supported")
+        a = self.attn
+        B, N, C = x.shape
+        gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
+        q, k, v = a.qkv(x).reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = a.q_norm(q), a.k_norm(k)
+        k = torch.cat([self.pk.to(k.dtype).expand(B, -1, -1, -1), k], dim=2)
+        v = torch.cat([self.pv.to(v.dtype).expand(B, -1, -1, -1), v], dim=2)
+        if getattr(a, "fused_attn", False):
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            x = ((q * a.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        x = x.transpose(1, 2).reshape(B, N, getattr(a, "attn_dim", C))
+        x = a.norm(x) if hasattr(a, "norm") else x
+        if gate is not None:
+            x = x * gate
+        return a.proj(x)
+
+
+class ConstTokenBlock(nn.Module):
+    """A timm block that inserts constant tokens after the prefix and/or strips `strip` tokens after it."""
+
+    def __init__(self, block: nn.Module, num_prefix: int, tokens: torch.Tensor | None, strip: int):
+        super().__init__()
+        self.block, self.num_prefix, self.strip = block, num_prefix, strip
+        self.register_buffer("tokens", None if tokens is None else tokens.detach().clone().unsqueeze(0))
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        p = self.num_prefix
+        if self.tokens is not None:
+            x = torch.cat([x[:, :p], self.tokens.to(x.dtype).expand(x.shape[0], -1, -1), x[:, p:]], dim=1)
+        x = self.block(x, **kwargs)
+        return torch.cat([x[:, :p], x[:, p + self.strip:]], dim=1) if self.strip else x
+
+
+class DeployModel(nn.Module):
+    """Backbone with constants folded in, optional preprocessing, optional bias and label gather."""
+
+    def __init__(self, backbone: nn.Module, mean: torch.Tensor, std: torch.Tensor, include_preprocess: bool,
+                 input_bias: torch.Tensor | None = None, label_map: torch.Tensor | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.include_preprocess = include_preprocess
+        self.register_buffer("mean", mean.detach().clone() if include_preprocess else None)
+        self.register_buffer("std", std.detach().clone() if include_preprocess else None)
+        self.register_buffer("input_bias", None if input_bias is None else input_bias.detach().clone())
+        self.register_buffer("label_map", None if label_map is None else label_map.detach().clone())
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.include_preprocess:
+            x = (x - self.mean) / self.std
+        if self.input_bias is not None:
+            x = x + self.input_bias
+        y = self.backbone(x)
+        return y.index_select(1, self.label_map) if self.label_map is not None else y
+
+
+def _fix_img_size(backbone: nn.Module) -> bool:
+    """Turn a timm ViT built with `dynamic_img_size` into its fixed-size form (same values, no pos_embed resample).
+
+    With `dynamic_img_size` the patch embedding emits NHWC and `_pos_embed` resamples `pos_embed`, which the
+    exporter traces as an interpolation even at the native grid. At the native input size flattening the patch
+    grid to tokens and adding `pos_embed` directly is the same computation.
+    """
+    pe = getattr(backbone, "patch_embed", None)
+    if not getattr(backbone, "dynamic_img_size", False) or getattr(pe, "dynamic_img_pad", True) or \
+            not hasattr(pe, "flatten"):
+        return False
+    backbone.dynamic_img_size = False
+    pe.flatten = True
+    return True
+
+
+def _posembed_fold_blocker(backbone: nn.Module) -> str:
+    """Why the LoR-VP prompt cannot be folded into `pos_embed` exactly ('' when it can)."""
+    pe = getattr(backbone, "patch_embed", None)
+    proj = getattr(pe, "proj", None)
+    if getattr(backbone, "pos_embed", None) is None or not isinstance(proj, nn.Conv2d):
+        return "not a timm ViT with a conv patch embedding and a learned pos_embed"
+    if not isinstance(getattr(pe, "norm", nn.Identity()), nn.Identity):
+        return "the patch embedding has a norm layer (not linear)"
+    if getattr(backbone, "dynamic_img_size", False) or getattr(pe, "dynamic_img_pad", False):
+        return "dynamic image size resamples pos_embed"
+    if proj.stride != proj.kernel_size or any(proj.padding) or proj.dilation != (1, 1) or proj.groups != 1:
+        return "the patch convolution overlaps or pads"
+    if not getattr(pe, "flatten", False):
+        return "the patch embedding does not flatten to tokens"
+    return ""
+
+
+def _fold_pixel(model: PromptedModel, backbone: nn.Module, report: FoldReport) -> torch.Tensor | None:
+    """Fold LoR-VP's prompt into the backbone copy, or return the constant that carries it.
+
+    Returns:
+        None for the pos_embed fold, the shifted mean (1, 3, L, L) for "mean", the normalised-space bias for
+        "input_bias".
+    """
+    prompt = model.method.prompt().detach()  # (3, L, L) in [0, 1] pixel space
+    scaled = (prompt / model.std[0]).unsqueeze(0)  # (1, 3, L, L) in normalised space
+    blocker = _posembed_fold_blocker(backbone)
+    if not blocker:
+        proj = backbone.patch_embed.proj
+        delta = F.conv2d(scaled, proj.weight, None, proj.stride).flatten(2).transpose(1, 2)  # (1, N, D)
+        n, rows = delta.shape[1], backbone.pos_embed.shape[1]
+        if rows != (n if getattr(backbone, "no_embed_class", False) else n + backbone.num_prefix_tokens):
+            blocker = f"pos_embed has {rows} rows for {n} patches"
+        else:
+            with torch.no_grad():
+                backbone.pos_embed[:, rows - n:] += delta  # the patch rows; prefix rows unchanged
+            report.pixel = "pos_embed"
+            return None
+    report.pixel_reason = blocker
+    if report.include_preprocess:
+        report.pixel = "mean"
+        return model.mean - prompt.unsqueeze(0)
+    report.pixel = "input_bias"
+    return scaled
+
+
+def _fold_tokens(model: PromptedModel, backbone: nn.Module, report: FoldReport) -> None:
+    """Replace the method's token/KV prompts by constants in the (already detached) backbone copy."""
+    method = model.method
+    if getattr(method, "gates", None) is not None:
+        raise ConfigError("prompt gates are set (a scoring pass is in progress); cannot fold")
+    npre, depth = model.info.num_prefix_tokens, model.info.depth
+    with torch.no_grad():
+        if not method.deep:
+            tokens = method.layer_prompt(0)
+            n = tokens.shape[0]
+            report.tokens, report.kv_columns = "tokens", [0] * depth
+            if n == 0:
+                return
+            for i in {0, depth - 1}:
+                backbone.blocks[i] = ConstTokenBlock(backbone.blocks[i], npre, tokens if i == 0 else None,
+                                                     n if i == depth - 1 else 0)
+            return
+        report.tokens = "kv"
+        for i, block in enumerate(backbone.blocks):
+            a = block.attn
+            keys, values = [], []
+            if hasattr(method, "kv_prompt"):
+                pk, pv = method.kv_prompt(i)
+                keys.append(pk)
+                values.append(pv)
+            p = method.layer_prompt(i)
+            if p is not None and p.shape[0]:
+                n = p.shape[0]
+                qkv = a.qkv(block.norm1(p.unsqueeze(0))).reshape(1, n, 3, a.num_heads, a.head_dim)
+                _, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (1, heads, n, head_dim)
+                keys.append(a.k_norm(k)[0])
+                values.append(v[0])
+            cols = sum(k.shape[1] for k in keys)
+            report.kv_columns.append(cols)
+            if cols:
+                block.attn = KVConstAttention(a, torch.cat(keys, 1), torch.cat(values, 1))
+
+
+def to_deploy(model: PromptedModel, include_preprocess: bool = True) -> DeployModel:
+    """The deploy form of `model`; what was folded is in its `.report` (a FoldReport). `model` is left unchanged.
+
+    Args:
+        model: a trained PromptedModel.
+        include_preprocess: take images in [0, 1] (normalisation inside) instead of normalised images.
+
+    Returns:
+        An eval-mode DeployModel with the prompts as buffers and `.report` set.
+
+    Raises:
+        ConfigError: the method has no deploy form.
+    """
+    from ..prompts.linear import LinearProbe
+    from ..prompts.lorvp import LoRVP
+    from ..prompts.vpt import TokenPrompts
+
+    method = model.method
+    report = FoldReport(method=method.name, include_preprocess=include_preprocess)
+    work = copy.deepcopy(model).eval()
+    backbone = work.detach_method()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    report.fixed_img_size = _fix_img_size(backbone)
+    mean, bias, label_map = work.mean, None, None
+    if isinstance(method, LoRVP):
+        shifted = _fold_pixel(work, backbone, report)
+        if report.pixel == "mean":
+            mean = shifted
+        elif report.pixel == "input_bias":
+            bias = shifted
+        if method.config.mapping != "lp":
+            if method.label_map.numel() == 0:
+                raise ConfigError("the label mapping was never computed; cannot export this run")
+            label_map, report.label_map = method.label_map, True
+    elif isinstance(method, TokenPrompts):
+        _fold_tokens(work, backbone, report)
+    elif not isinstance(method, LinearProbe):
+        raise ConfigError(f"method '{method.name}' has no deploy form")
+    deploy = DeployModel(backbone, mean, work.std, include_preprocess, bias, label_map)
+    deploy.report = report
+    return deploy
+
+
+def bare_deploy(model: PromptedModel, include_preprocess: bool = True) -> DeployModel:
+    """The backbone alone (with the run's head, without prompts or label mapping) in the same deploy form, as the
+    cost reference for profiling."""
+    work = copy.deepcopy(model).eval()
+    backbone = work.detach_method()
+    _fix_img_size(backbone)
+    deploy = DeployModel(backbone, work.mean, work.std, include_preprocess)
+    deploy.report = FoldReport(method="bare", include_preprocess=include_preprocess)
+    return deploy

@@ -1,0 +1,180 @@
+"""The fp32 ONNX target: export the deploy form, check, simplify, stamp metadata, and gate on ORT parity.
+
+One self-contained `.onnx` file (weights inside, never external data: models here are far below 2 GB), input
+`input` [batch, 3, H, W] float32, output `logits` [batch, classes]. The dynamo exporter is the default (with opset
+17 it exports 18 and down-converts, see deploy-toolchain.md A1); `legacy` selects the TorchScript exporter.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MissingError
+from .targets import register_target
+
+INPUT, OUTPUT = "input", "logits"
+
+
+def export_onnx(module, path: Path, input_shape: tuple[int, ...], opset: int = 18, dynamic_batch: bool = True,
+                exporter: str = "dynamo") -> dict:
+    """Write `module` (eval) to one ONNX file; returns {exporter, opset} as actually produced."""
+    import onnx
+    import torch
+
+    x = torch.rand(2 if dynamic_batch else 1, *input_shape)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            dyn = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+            torch.onnx.export(module, (x,), str(path), dynamo=True, opset_version=opset, input_names=[INPUT],
+                              output_names=[OUTPUT], dynamic_shapes=dyn, external_data=False, verbose=False)
+        else:
+            axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic_batch else None
+            torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT],
+                              output_names=[OUTPUT], dynamic_axes=axes)
+    model = onnx.load(str(path), load_external_data=False)
+    got = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise RuntimeError("the exporter wrote external data; expected one self-contained file")
+    return {"exporter": exporter, "opset": int(got), "nodes_raw": len(model.graph.node)}
+
+
+def check(path: Path) -> None:
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def simplify(path: Path, how: str = "auto") -> dict:
+    """Simplify `path` in place with onnxsim (or onnxslim); on failure keep the unsimplified file and say why."""
+    import onnx
+
+    tried = ["onnxsim", "onnxslim"] if how == "auto" else [how] if how != "none" else []
+    errors = []
+    for tool in tried:
+        try:
+            model = onnx.load(str(path))
+            if tool == "onnxsim":
+                import onnxsim
+
+                new, ok = onnxsim.simplify(model)
+                if not ok:
+                    raise RuntimeError("onnxsim could not validate the simplified model")
+            else:
+                import onnxslim
+
+                new = onnxslim.slim(model)
+            onnx.checker.check_model(new, full_check=True)
+            onnx.save(new, str(path))
+            return {"tool": tool, "nodes": len(new.graph.node)}
+        except Exception as e:  # noqa: BLE001 (each tool raises its own types; the raw file stays valid)
+            errors.append(f"{tool}: {type(e).__name__}: {str(e)[:200]}")
+    return {"tool": None, "kept_unsimplified": bool(tried), "errors": errors}
+
+
+def set_metadata(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    model.producer_name = "edgevp"
+    onnx.save(model, str(path))
+
+
+def session(path: Path, threads: int | None = None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingError("checking an ONNX export needs onnxruntime", "pip install 'edgevp[onnx]'") from None
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_ort(sess, x: np.ndarray, batch: int) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def compare(ref: np.ndarray, got: np.ndarray) -> dict:
+    """Max/mean abs difference and top-1 agreement between two logit arrays."""
+    diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+    return {"images": int(len(ref)), "max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+            "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean())}
+
+
+def torch_logits(model, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([model(torch.from_numpy(x[i:i + batch])) for i in range(0, len(x), batch)]).numpy()
+
+
+def metadata(ctx, produced: dict) -> dict[str, str]:
+    from .. import __version__
+    from .pipeline import sha256
+
+    info = ctx.model.info
+    data = {"input_size": list(info.input_size), "mean": list(info.mean), "std": list(info.std),
+            "include_preprocess": ctx.opts.include_preprocess, "input_range": "[0, 1]" if
+            ctx.opts.include_preprocess else "normalised with mean/std", "timm_data_config": info.data_config}
+    return {"edgevp_version": __version__, "method": ctx.cfg.method, "backbone": ctx.cfg.backbone.name,
+            "class_names": json.dumps(ctx.classes()), "data_config": json.dumps(data, default=str),
+            "source_run": ctx.run.path.name, "source_checkpoint_sha256": sha256(ctx.run.checkpoint(ctx.opts.which)),
+            "fold": json.dumps(ctx.fold.to_dict()), "exporter": produced["exporter"], "opset": str(produced["opset"])}
+
+
+def build_fp32(ctx, name: str = "model.onnx") -> dict:
+    """Export, check, simplify, stamp and parity-check the fp32 ONNX at `ctx.work / name`."""
+    path = ctx.work / name
+    opts = ctx.opts
+    produced = export_onnx(ctx.deploy, path, tuple(ctx.model.info.input_size), opts.opset, opts.dynamic_batch,
+                           opts.exporter)
+    check(path)
+    simp = simplify(path, opts.simplify)
+    set_metadata(path, metadata(ctx, produced))
+    check(path)
+    x, y = ctx.images("val", opts.parity_images)
+    ref = torch_logits(ctx.model, x)
+    sess = session(path)
+    got = run_ort(sess, ctx.deploy_input(x), 8 if opts.dynamic_batch else 1)
+    parity = compare(ref, got)
+    if opts.dynamic_batch:  # the batch axis must really be free: batch 1 must agree too
+        parity["max_abs_batch1"] = float(np.abs(run_ort(sess, ctx.deploy_input(x[:2]), 1) - got[:2]).max())
+    parity["top1_torch"] = float((ref.argmax(1) == y).mean() * 100)
+    parity["top1_onnx"] = float((got.argmax(1) == y).mean() * 100)
+    ok = parity["max_abs"] <= opts.atol and parity["top1_agreement"] >= opts.min_top1_agreement
+    ctx.info.update(fp32=path, val=(x, y), ref=ref, fp32_logits=got)
+    error = None if ok else (f"ORT vs PyTorch max abs {parity['max_abs']:.3g} (tolerance {opts.atol:g}), top-1 "
+                             f"agreement {parity['top1_agreement']:.3f} (min {opts.min_top1_agreement:g})")
+    return {"status": "ok" if ok else "failed", "error": error, "files": [name], "onnx": {
+        **produced, "nodes": simp.get("nodes", produced["nodes_raw"]), "simplify": simp, "bytes": path.stat().st_size,
+        "input": {"name": INPUT, "shape": ["batch" if opts.dynamic_batch else 1, *ctx.model.info.input_size],
+                  "dtype": "float32"}, "output": {"name": OUTPUT, "dtype": "float32"}}, "parity": parity}
+
+
+@register_target("onnx", help="fp32 ONNX (one file) with metadata, gated on ORT vs PyTorch parity")
+def build_onnx(ctx) -> dict:
+    """fp32 ONNX with metadata, gated on ORT vs PyTorch parity."""
+    from .fold import bare_deploy
+    from .pipeline import sha256
+
+    result = build_fp32(ctx)
+    if ctx.opts.with_bare and result["status"] == "ok":  # the cost reference `edgevp profile RUN` puts first
+        path = ctx.work / "bare.onnx"
+        export_onnx(bare_deploy(ctx.model, ctx.opts.include_preprocess), path, tuple(ctx.model.info.input_size),
+                    ctx.opts.opset, ctx.opts.dynamic_batch, ctx.opts.exporter)
+        check(path)
+        simplify(path, ctx.opts.simplify)
+        result["files"].append("bare.onnx")
+    result["sha256"] = {n: sha256(ctx.work / n) for n in result["files"]}
+    return result

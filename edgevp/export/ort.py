@@ -1,0 +1,107 @@
+"""Reduced-precision ONNX Runtime targets built from the gated fp32 export.
+
+- `ort-fp16`: onnxconverter-common's float16 conversion with fp32 inputs/outputs and LayerNormalization, Softmax
+  (and the reductions a decomposed LayerNorm uses) kept in fp32 (ViT LayerNorm/Softmax overflow in fp16,
+  deploy-toolchain.md pitfall 3).
+- `ort-int8`: ONNX Runtime static quantisation in QDQ format (int8 activations and weights, per-channel weights),
+  calibrated on the run's training images; `int8_mode="dynamic"` quantises weights only, activations at run time.
+
+Both report val top-1 of the fp32 and the reduced model against the labels and their top-1 agreement; a drop of
+more than `max_top1_drop` points marks the artifact failed.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+from ..errors import MissingError
+from .onnx import build_fp32, compare, run_ort, session
+from .targets import register_target
+
+FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Erf"]
+
+
+def to_fp16(src, dst) -> None:
+    import onnx
+
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise MissingError("ort-fp16 needs onnxconverter-common", "pip install onnxconverter-common") from None
+    with warnings.catch_warnings():  # "truncated to 1e-07" notes for tiny weights
+        warnings.simplefilter("ignore")
+        model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=FP32_OPS)
+    onnx.save(model, str(dst))
+
+
+def to_int8(src, dst, calib: np.ndarray, mode: str = "static") -> None:
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if mode == "dynamic":
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        return
+    pre = dst.with_name(dst.name + ".pre.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    logging.disable(logging.WARNING)  # per-channel axis notes for every LayerNorm weight
+    try:
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        logging.disable(logging.NOTSET)
+        pre.unlink(missing_ok=True)
+
+
+def _accuracy_gate(ctx, name: str, result: dict) -> dict:
+    """Evaluate `name` against the fp32 ONNX on the val images; update `result` with the report and status."""
+    from .pipeline import sha256
+
+    x, y = ctx.info["val"]
+    fp32 = ctx.info["fp32_logits"]
+    got = run_ort(session(ctx.work / name), ctx.deploy_input(x), 8 if ctx.opts.dynamic_batch else 1)
+    rep = compare(fp32, got)
+    rep.update(top1_fp32=float((fp32.argmax(1) == y).mean() * 100), top1=float((got.argmax(1) == y).mean() * 100))
+    rep["top1_drop"] = rep["top1_fp32"] - rep["top1"]
+    result["accuracy_vs_fp32"] = rep
+    result["files"] = [name]  # the fp32 file is the `onnx` target's artifact; it stays out of this one
+    result["sha256"] = {n: sha256(ctx.work / n) for n in result["files"]}
+    if result["status"] == "ok" and rep["top1_drop"] > ctx.opts.max_top1_drop:
+        result["status"] = "failed"
+        result["error"] = f"val top-1 drops {rep['top1_drop']:.2f} points vs fp32 (max {ctx.opts.max_top1_drop:g})"
+    return result
+
+
+@register_target("ort-fp16", help="fp16 ONNX (LayerNorm/Softmax in fp32) for ONNX Runtime / TensorRT strong typing")
+def build_fp16(ctx) -> dict:
+    """fp16 ONNX with LayerNorm/Softmax kept in fp32, accuracy vs fp32 reported."""
+    result = build_fp32(ctx)
+    if result["status"] != "ok":
+        return result
+    to_fp16(ctx.work / "model.onnx", ctx.work / "model.fp16.onnx")
+    return {**_accuracy_gate(ctx, "model.fp16.onnx", result), "sidecar": "model.fp16.json"}
+
+
+@register_target("ort-int8", help="int8 QDQ ONNX calibrated on training images (static; dynamic as option)")
+def build_int8(ctx) -> dict:
+    """int8 QDQ ONNX calibrated on training images, accuracy vs fp32 reported."""
+    result = build_fp32(ctx)
+    if result["status"] != "ok":
+        return result
+    calib = None
+    if ctx.opts.int8_mode == "static":
+        calib = ctx.deploy_input(ctx.images("train", ctx.opts.calib_images)[0])
+    to_int8(ctx.work / "model.onnx", ctx.work / "model.int8.onnx", calib, ctx.opts.int8_mode)
+    result["int8"] = {"mode": ctx.opts.int8_mode, "format": "QDQ" if ctx.opts.int8_mode == "static" else "dynamic",
+                      "calibration_images": 0 if calib is None else len(calib)}
+    return {**_accuracy_gate(ctx, "model.int8.onnx", result), "sidecar": "model.int8.json"}

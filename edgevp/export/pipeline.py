@@ -1,0 +1,184 @@
+"""`edgevp export`: load a run, fold its prompts, let a target write artifacts, gate them, and move them into place.
+
+Artifacts are written into a hidden staging directory inside the output directory and moved into place only after
+the target has finished. An artifact that failed its gate is moved in with a `.failed` suffix (its sidecar says
+`"status": "failed"`) so nothing that failed ever sits under its deployable name; a previous artifact of the same
+name is removed then.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, MissingError, VerificationError
+from ..io import write_json
+
+
+@dataclass
+class ExportOptions:
+    """Options of `edgevp export` (see the CLI for their help)."""
+
+    target: str = "onnx"
+    opset: int = 18
+    out: Path | None = None
+    dynamic_batch: bool = True
+    include_preprocess: bool = True
+    exporter: str = "dynamo"  # dynamo | legacy
+    simplify: str = "auto"  # auto (onnxsim, then onnxslim) | onnxsim | onnxslim | none
+    which: str = "best"  # checkpoint
+    parity_images: int = 64
+    atol: float = 1e-4  # max abs logit difference, ORT fp32 vs the PyTorch prompted model
+    min_top1_agreement: float = 1.0
+    max_top1_drop: float = 2.0  # fp16/int8: allowed val top-1 drop vs fp32, percentage points
+    int8_mode: str = "static"  # static (QDQ, calibrated on training images) | dynamic
+    calib_images: int = 64
+    trt_dynamic_batch: bool = False  # TensorRT: dynamic batch profile instead of a fixed-shape engine
+    trt_max_batch: int = 8
+    with_bare: bool = False  # onnx: also export the bare backbone (bare.onnx) as the profiling reference
+
+
+@dataclass
+class ExportContext:
+    """Everything a target's build function needs."""
+
+    run: Any  # RunDir
+    cfg: Any  # RunConfig
+    model: Any  # PromptedModel (eval)
+    deploy: Any  # folded nn.Module
+    fold: Any  # FoldReport
+    header: dict
+    opts: ExportOptions
+    out: Path  # final output directory
+    work: Path  # staging directory (inside `out`)
+    _splits: Any = None
+    info: dict = field(default_factory=dict)  # filled by targets, e.g. the fp32 ONNX they built
+
+    def splits(self):
+        if self._splits is None:
+            from ..train import load_data
+
+            self._splits = load_data(self.cfg, self.model.info)
+        return self._splits
+
+    def images(self, split: str, n: int):
+        """The first `n` images of a split as (float32 N×3×H×W in [0, 1], int64 labels) numpy arrays."""
+        import numpy as np
+        import torch
+
+        ds = getattr(self.splits(), split)
+        if ds is None or len(ds) == 0:
+            from ..errors import DataError
+
+            raise DataError(f"the run's {split} split is empty; cannot verify the export")
+        n = min(n, len(ds))
+        xs, ys = zip(*(ds[i] for i in range(n)))
+        return torch.stack(xs).numpy().astype(np.float32), np.asarray(ys, dtype=np.int64)
+
+    def classes(self) -> list[str]:
+        return list(self.splits().classes)
+
+    def deploy_input(self, x):
+        """Images in [0, 1] as the artifact takes them (normalised unless the preprocessing is in the graph)."""
+        if self.opts.include_preprocess:
+            return x
+        mean = self.model.mean.numpy()
+        std = self.model.std.numpy()
+        return ((x - mean) / std).astype(x.dtype)
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _writable_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot write to output directory '{out}': {e.strerror or e}") from None
+
+
+def _install(work: Path, out: Path, files: list[str], failed: bool) -> list[str]:
+    """Move staged files (and directories) into `out`; failed ones get a `.failed` suffix. Returns final names."""
+    final = []
+    for name in files:
+        src, dst = work / name, out / name
+        if failed:
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            elif dst.exists():
+                dst.unlink()
+            dst = out / f"{name}.failed"
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        os.replace(src, dst)
+        final.append(dst.name)
+    return final
+
+
+def export_run(run_path: str | Path, opts: ExportOptions) -> dict:
+    """Export run directory `run_path` to `opts.target`; returns the sidecar dict (also written as JSON).
+
+    Raises:
+        ConfigError (2): unknown target, an opset the target cannot take, unwritable output.
+        IncompatibleError (6): not a complete run directory.
+        VerificationError (3): the artifact failed its parity/accuracy gate (written with a `.failed` suffix).
+        MissingError (4): the target needs something absent here (TensorRT, a GPU); what could be written was.
+    """
+    from ..model import load_run
+    from ..runs import RunDir, now
+    from .fold import to_deploy
+    from .targets import get_target
+
+    target = get_target(opts.target)
+    if opts.opset not in target.opsets:
+        raise ConfigError(f"target '{target.name}' cannot take opset {opts.opset}",
+                          f"choose one of {', '.join(map(str, target.opsets))}")
+    if opts.exporter not in ("dynamo", "legacy") or opts.simplify not in ("auto", "onnxsim", "onnxslim", "none"):
+        raise ConfigError("exporter takes dynamo|legacy and simplify auto|onnxsim|onnxslim|none")
+    run = RunDir(run_path)
+    run.manifest()
+    cfg, model, header = load_run(run.path, opts.which)
+    out = Path(opts.out) if opts.out is not None else run.path / "export"
+    _writable_dir(out)
+    deploy = to_deploy(model, include_preprocess=opts.include_preprocess)
+    fold = deploy.report
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        ctx = ExportContext(run, cfg, model, deploy, fold, header, opts, out, work)
+        result = target.build(ctx)
+        status = result.get("status", "ok")
+        sidecar = {"status": status, "target": target.name, "created_at": now(), "source_run": run.path.name,
+                   "source_checkpoint": opts.which, "source_checkpoint_sha256": sha256(run.checkpoint(opts.which)),
+                   "method": cfg.method, "backbone": cfg.backbone.name, "options": _jsonable(asdict(opts)),
+                   "fold": fold.to_dict(), **{k: v for k, v in result.items() if k != "files"}}
+        sidecar["files"] = _install(work, out, result["files"], failed=status == "failed")
+        sidecar_name = result.get("sidecar", "model.json")
+        write_json(out / sidecar_name, sidecar)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    try:
+        run.set_stage(f"export:{target.name}", status=status, finished_at=now(), out=str(out),
+                      sidecar=sidecar_name, files=sidecar["files"], error=sidecar.get("error"))
+    except OSError:  # a read-only run directory with --out elsewhere: the sidecar is the record
+        sidecar["manifest_not_updated"] = True
+    if status == "failed":
+        raise VerificationError(f"export to {target.name} failed verification: {sidecar.get('error')}",
+                                f"artifact kept as {sidecar['files'][0]} with {out / sidecar_name}")
+    if status == "missing":
+        raise MissingError(sidecar.get("error", "a dependency is missing"))
+    return sidecar
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}

@@ -1,0 +1,305 @@
+"""`edgevp export`: ONNX artifacts, parity gate, reduced precision, TensorRT bundle and control flow, bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import types
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgevp.cli import app
+from edgevp.export.pipeline import ExportOptions, export_run
+from edgevp.export.targets import get_target, list_targets, register_target
+from edgevp.runs import RunDir
+
+from .conftest import tiny_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One-epoch tiny runs: VPT-deep and LoR-VP (ViT), by name."""
+    from edgevp.train import fit
+
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, method, prompt in (("vpt", "vpt", {"num_tokens": 4}), ("lorvp", "lorvp", {"rank": 2})):
+        fit(tiny_config(method, prompt, train={"epochs": 1}), out=root / name)
+        out[name] = root / name
+    return out
+
+
+def _copy(run, tmp_path):
+    dst = tmp_path / run.name
+    shutil.copytree(run, dst)
+    return dst
+
+
+def test_targets_come_from_the_registry():
+    assert list_targets() == ["onnx", "ort-fp16", "ort-int8", "trt-fp16", "trt-fp32", "trt-int8"]
+    with pytest.raises(ValueError):
+        register_target("onnx")(lambda ctx: {})
+    assert get_target("trt-fp16").opsets == (17, 18)
+
+
+def test_onnx_export_is_one_checked_file_with_metadata_and_parity(runs, tmp_path):
+    import onnx
+
+    run = _copy(runs["lorvp"], tmp_path)
+    r = runner.invoke(app, ["export", str(run)])
+    assert r.exit_code == 0, r.output
+    assert "parity max abs" in r.output
+    files = sorted(p.name for p in (run / "export").iterdir())
+    assert files == ["model.json", "model.onnx"]  # one self-contained file, no .onnx.data, no staging leftovers
+    side = json.loads((run / "export" / "model.json").read_text())
+    assert side["status"] == "ok" and side["fold"]["pixel"] == "pos_embed"
+    assert side["parity"]["images"] == 32 and side["parity"]["max_abs"] <= 1e-5
+    assert side["parity"]["top1_agreement"] == 1.0 and side["parity"]["max_abs_batch1"] <= 1e-5
+    assert side["onnx"]["exporter"] == "dynamo" and side["onnx"]["opset"] == 18
+    assert side["onnx"]["simplify"]["tool"] == "onnxsim"
+    model = onnx.load(str(run / "export" / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["method"] == "lorvp" and meta["backbone"] == "test_vit"
+    assert len(json.loads(meta["class_names"])) == 10
+    assert json.loads(meta["data_config"])["input_size"] == [3, 32, 32]
+    assert meta["source_checkpoint_sha256"] == side["source_checkpoint_sha256"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    stages = {s["name"]: s for s in RunDir(run).manifest()["stages"]}
+    assert stages["export:onnx"]["status"] == "ok"
+
+
+def test_opset17_legacy_static_export(runs, tmp_path):
+    side = export_run(runs["vpt"], ExportOptions(opset=17, exporter="legacy", dynamic_batch=False,
+                                                 include_preprocess=False, simplify="none", out=tmp_path / "e"))
+    assert side["onnx"]["opset"] == 17 and side["onnx"]["exporter"] == "legacy"
+    assert side["onnx"]["input"]["shape"] == [1, 3, 32, 32] and side["fold"]["tokens"] == "kv"
+    assert side["parity"]["max_abs"] <= 1e-5 and "max_abs_batch1" not in side["parity"]
+
+
+def test_parity_failure_exits_3_and_leaves_nothing_looking_valid(runs, tmp_path):
+    run = _copy(runs["vpt"], tmp_path)
+    assert runner.invoke(app, ["export", str(run), "--with-bare"]).exit_code == 0
+    from edgevp.profile.onnx_macs import graph_cost
+    from edgevp.profile.run import run_variants
+
+    assert [v.name for v in run_variants(run, "ort", "cpu")] == ["bare", "model"]  # profile's reference comes first
+    assert graph_cost(run / "export" / "model.onnx").macs > graph_cost(run / "export" / "bare.onnx").macs
+    r = runner.invoke(app, ["export", str(run), "--atol", "-1"])  # no export can pass a negative tolerance
+    assert r.exit_code == 3 and "failed verification" in r.output
+    names = {p.name for p in (run / "export").iterdir()}
+    assert "model.onnx" not in names and "model.onnx.failed" in names  # the earlier good file is withdrawn too
+    assert json.loads((run / "export" / "model.json").read_text())["status"] == "failed"
+    assert RunDir(run).manifest()["stages"][-1]["status"] == "failed"
+
+
+def test_bad_input_exit_codes(runs, tmp_path):
+    assert runner.invoke(app, ["export", str(runs["vpt"]), "--target", "tflite"]).exit_code == 2
+    assert runner.invoke(app, ["export", str(runs["vpt"]), "--opset", "13", "-o", str(tmp_path / "a")]).exit_code == 2
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = runner.invoke(app, ["export", str(runs["vpt"]), "-o", str(blocker / "sub")])
+    assert r.exit_code == 2 and "cannot write" in r.output
+    broken = _copy(runs["vpt"], tmp_path)
+    (broken / "config.yaml").unlink()
+    r = runner.invoke(app, ["export", str(broken)])
+    assert r.exit_code == 6 and not (broken / "export").exists()
+    assert runner.invoke(app, ["export", str(tmp_path / "nothing")]).exit_code == 6
+
+
+def test_ort_fp16_and_int8_report_accuracy(runs, tmp_path):
+    import onnx
+
+    side = export_run(runs["vpt"], ExportOptions(target="ort-fp16", out=tmp_path))
+    acc = side["accuracy_vs_fp32"]
+    assert side["status"] == "ok" and side["files"] == ["model.fp16.onnx"] and acc["images"] == 32
+    assert acc["max_abs"] < 1e-2 and acc["top1_agreement"] >= 0.9
+    ops = {n.op_type: n for n in onnx.load(str(tmp_path / "model.fp16.onnx")).graph.node}
+    assert "LayerNormalization" in ops and "Cast" in ops
+    for mode, op in (("static", "QuantizeLinear"), ("dynamic", "DynamicQuantizeLinear")):
+        side = export_run(runs["vpt"], ExportOptions(target="ort-int8", out=tmp_path, int8_mode=mode,
+                                                     max_top1_drop=100.0))
+        assert side["int8"]["mode"] == mode and {"top1", "top1_fp32", "top1_agreement"} <= set(side["accuracy_vs_fp32"])
+        assert side["int8"]["calibration_images"] == (64 if mode == "static" else 0)  # of 128 training images
+        assert op in {n.op_type for n in onnx.load(str(tmp_path / "model.int8.onnx")).graph.node}
+    assert json.loads((tmp_path / "model.int8.json").read_text())["int8"]["mode"] == "dynamic"
+
+
+def test_trt_without_tensorrt_writes_the_bundle_and_exits_4(runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as when it is not installed
+    r = runner.invoke(app, ["export", str(runs["vpt"]), "--target", "trt-fp16", "-o", str(tmp_path)])
+    assert r.exit_code == 4 and "TensorRT is not installed" in r.output and "build_engine.sh" in r.output
+    bundle = tmp_path / "trt-fp16"
+    assert {p.name for p in bundle.iterdir()} == {"model.fp16.onnx", "model_fp32.onnx", "reference_input.npy",
+                                                  "reference_output.npy", "build_engine.sh", "README.md"}
+    script = (bundle / "build_engine.sh").read_text()
+    assert "--stronglyTyped" in script and '"$MAJOR" -ge 11' in script and "--shapes=input:1x3x32x32" in script
+    x, y = np.load(bundle / "reference_input.npy"), np.load(bundle / "reference_output.npy")
+    assert x.shape == (8, 3, 32, 32) and y.shape == (8, 10)
+    side = json.loads((tmp_path / "trt-fp16.json").read_text())
+    assert side["status"] == "missing" and side["engine"] is None
+
+
+# -- TensorRT control flow with a fake module ------------------------------------------------------------------------
+def fake_tensorrt(version: str = "10.3.0", strongly: bool = True, builder_error: bool = False, parse_ok: bool = True):
+    """A stand-in for the `tensorrt` module that records what the builder was asked to do."""
+    calls: dict = {"flags": None, "builder_flags": [], "profile": None}
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.calls = calls
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    flag_names = {"STRONGLY_TYPED": 1} if strongly else {"EXPLICIT_BATCH": 0}
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(**flag_names)
+    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16")
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+
+    class Cache:
+        def serialize(self):
+            return b"cache"
+
+    class Config:
+        def set_memory_pool_limit(self, pool, size):
+            calls["workspace"] = size
+
+        def create_timing_cache(self, data):
+            calls["cache_in"] = data
+            return Cache()
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            pass
+
+        def get_timing_cache(self):
+            return Cache()
+
+        def set_flag(self, flag):
+            calls["builder_flags"].append(flag)
+
+        def add_optimization_profile(self, p):
+            pass
+
+    class Profile:
+        def set_shape(self, name, mn, opt, mx):
+            calls["profile"] = (name, mn, opt, mx)
+
+    class Builder:
+        def __init__(self, logger):
+            if builder_error:
+                raise TypeError("pybind11::init(): factory function returned nullptr")
+
+        def create_network(self, flags):
+            calls["flags"] = flags
+            return object()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            return b"engine-bytes"
+
+    class OnnxParser:
+        num_errors = 0 if parse_ok else 1
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse_from_file(self, path):
+            calls["parsed"] = path
+            return parse_ok
+
+        def get_error(self, i):
+            return "Unsupported operator Attention"
+
+    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser
+    return trt
+
+
+def test_build_engine_flags_and_errors(tmp_path):
+    from edgevp.errors import MissingError, VerificationError
+    from edgevp.export.trt import build_engine
+
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"x")
+    shapes = {"min": (1, 3, 32, 32), "opt": (1, 3, 32, 32), "max": (4, 3, 32, 32)}
+    trt = fake_tensorrt()
+    used = build_engine(onnx_path, tmp_path / "e", shapes, "fp16", tmp_path / "timing.cache", trt)
+    assert used == {"tensorrt_version": "10.3.0", "strongly_typed": True, "legacy_fp16_flag": False}
+    assert trt.calls["flags"] == 1 << 1 and trt.calls["builder_flags"] == []
+    assert trt.calls["profile"] == ("input", *shapes.values()) and trt.calls["workspace"] == 1 << 30
+    assert (tmp_path / "e").read_bytes() == b"engine-bytes" and (tmp_path / "timing.cache").read_bytes() == b"cache"
+    build_engine(onnx_path, tmp_path / "e", shapes, "fp16", tmp_path / "timing.cache", trt)
+    assert trt.calls["cache_in"] == b"cache"  # the timing cache is reused
+    old = fake_tensorrt("8.6.1", strongly=False)
+    assert build_engine(onnx_path, tmp_path / "e", shapes, "fp16", None, old)["legacy_fp16_flag"]
+    assert old.calls["builder_flags"] == ["FP16"] and old.calls["flags"] == 1  # EXPLICIT_BATCH on TensorRT 8
+    with pytest.raises(MissingError, match="could not initialise CUDA"):
+        build_engine(onnx_path, tmp_path / "e", shapes, "fp16", None, fake_tensorrt(builder_error=True))
+    with pytest.raises(VerificationError, match="Unsupported operator"):
+        build_engine(onnx_path, tmp_path / "e", shapes, "fp16", None, fake_tensorrt(parse_ok=False))
+
+
+def test_trt_export_with_fake_tensorrt_and_gpu(runs, tmp_path, monkeypatch):
+    import edgevp.export.trt as trt_mod
+
+    trt = fake_tensorrt("11.4.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_mod, "gpu", lambda: ("Fake Orin", "8.7"))
+    seen = {}
+
+    def fake_engine(engine_path, x, batch):  # a correct engine: the bundle's ONNX in ORT
+        from edgevp.export.onnx import run_ort, session
+
+        seen.update(engine=engine_path.name, batch=batch, images=len(x))
+        return run_ort(session(engine_path.parent / "model.onnx"), x, 1)
+
+    monkeypatch.setattr(trt_mod, "engine_logits", fake_engine)
+    side = export_run(runs["vpt"], ExportOptions(target="trt-fp32", out=tmp_path, trt_dynamic_batch=True,
+                                                 trt_max_batch=4))
+    assert side["status"] == "ok" and side["files"] == ["trt-fp32"]
+    assert seen == {"engine": "model.engine", "batch": 1, "images": side["parity"]["images"]}
+    assert side["engine_vs_fp32"]["max_abs"] < 1e-5 and side["engine_vs_fp32"]["top1_agreement"] == 1.0
+    eng = json.loads((tmp_path / "trt-fp32" / "model.json").read_text())
+    assert eng["tensorrt_version"] == "11.4.0" and eng["gpu"] == "Fake Orin" and eng["compute_capability"] == "8.7"
+    assert eng["shapes"]["max"] == [4, 3, 32, 32] and eng["strongly_typed"] and len(eng["onnx_sha256"]) == 64
+    assert (tmp_path / "trt-fp32" / "model.engine").read_bytes() == b"engine-bytes"
+    assert "--maxShapes=input:4x3x32x32" in (tmp_path / "trt-fp32" / "build_engine.sh").read_text()
+    from edgevp.errors import IncompatibleError
+    from edgevp.profile.backends import check_sidecar
+
+    engine_path = tmp_path / "trt-fp32" / "model.engine"
+    assert check_sidecar(engine_path, "11.4.1", "Fake Orin")["onnx_sha256"] == eng["onnx_sha256"]
+    with pytest.raises(IncompatibleError, match="TensorRT 11.4.0"):  # loading elsewhere says so
+        check_sidecar(engine_path, "10.3.0", "Fake Orin")
+    # an engine whose outputs are wrong fails the gate: exit 3, the bundle kept only under a `.failed` name
+    monkeypatch.setattr(trt_mod, "engine_logits", lambda e, x, b: -fake_engine(e, x, b))
+    r = runner.invoke(app, ["export", str(runs["vpt"]), "--target", "trt-fp32", "-o", str(tmp_path / "bad")])
+    assert r.exit_code == 3 and "TensorRT engine" in r.output
+    assert (tmp_path / "bad" / "trt-fp32.failed").is_dir() and not (tmp_path / "bad" / "trt-fp32").exists()
+    monkeypatch.setattr(trt_mod, "gpu", lambda: None)
+    r = runner.invoke(app, ["export", str(runs["vpt"]), "--target", "trt-fp32", "-o", str(tmp_path / "nogpu")])
+    assert r.exit_code == 4 and "no CUDA GPU" in r.output
+
+
+@pytest.mark.trt
+def test_real_tensorrt_engine(runs, tmp_path):
+    pytest.importorskip("tensorrt")
+    from edgevp.export.trt import gpu
+
+    if gpu() is None:
+        pytest.skip("no CUDA GPU")
+    side = export_run(runs["vpt"], ExportOptions(target="trt-fp16", out=tmp_path))
+    assert side["status"] == "ok" and (tmp_path / "trt-fp16" / "model.engine").stat().st_size > 0
+    assert side["engine"]["strongly_typed"]
+    assert side["engine_vs_fp32"]["top1_agreement"] >= 0.95 and side["engine_vs_fp32"]["max_abs"] < 0.1
