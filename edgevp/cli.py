@@ -193,7 +193,7 @@ def condense(
 @handle_errors
 def profile(
     target: Annotated[Path, typer.Argument(help="an artifact (.onnx, .engine) or a run directory with exports")],
-    against: Annotated[list[Path], typer.Option(help="artifacts to compare with (repeatable)")] = [],  # noqa: B006
+    against: Annotated[list[Path], typer.Option(help="artifacts to compare with (repeatable; NAME=PATH labels one)")] = [],  # noqa: B006
     backend: Annotated[str, typer.Option(help="ort | trt (TensorRT runtime) | trtexec | torch (a run directory: "
                                               "the run vs its bare backbone and uncondensed source)")] = "ort",
     device: Annotated[str, typer.Option(help="ort execution provider: cpu | cuda | tensorrt")] = "cpu",
@@ -241,10 +241,10 @@ def report(
 @app.command("list")
 @handle_errors
 def list_(
-    what: Annotated[str, typer.Argument(help="methods | models | datasets | exit-codes")] = "methods",
+    what: Annotated[str, typer.Argument(help="methods | targets | models | datasets | exit-codes")] = "methods",
     pattern: Annotated[str, typer.Option(help="wildcard filter for models")] = "vit_*",
 ) -> None:
-    """List prompt methods, timm models, datasets or exit codes."""
+    """List prompt methods, export targets, timm models, datasets or exit codes."""
     if what == "methods":
         from .registry import get_method, list_methods
 
@@ -252,6 +252,12 @@ def list_(
             cls = get_method(name)
             doc = (cls.__doc__ or "").strip().splitlines()[0]
             typer.echo(f"{name:8s} {'ViT only' if cls.needs_vit else 'any model':9s}  {doc}")
+    elif what == "targets":
+        from .export.targets import get_target, list_targets
+
+        for name in list_targets():
+            t = get_target(name)
+            typer.echo(f"{name:9s} opset {'/'.join(map(str, t.opsets)):6s} {t.help}")
     elif what == "models":
         import timm
 
@@ -268,7 +274,7 @@ def list_(
         for code, text in EXIT_CODES.items():
             typer.echo(f"{code:4d}  {text}")
     else:
-        _fail(f"cannot list '{what}'; choose methods, models, datasets or exit-codes", 2)
+        _fail(f"cannot list '{what}'; choose methods, targets, models, datasets or exit-codes", 2)
 
 
 @app.command(epilog="Example: `edgevp demo --limit-train 600 --epochs 3`")
@@ -281,7 +287,7 @@ def demo(
     condense: Annotated[bool, typer.Option(help="also condense VPT-deep with Prompt Condensation (keep 30%)")] = True,
 ) -> None:
     """The main job: train the linear probe, LoR-VP and VPT-deep on Fashion-MNIST (offline DINOv2), condense
-    VPT-deep, and compare."""
+    VPT-deep, export every run (prompts folded, parity-gated), profile the deployed forms and write one report."""
     from .demo import run_demo
 
     run_demo(out, [m.strip() for m in methods.split(",") if m.strip()], sets, quiet=_state["quiet"], condense=condense)
@@ -312,8 +318,9 @@ def export_(
     trt_dynamic_batch: Annotated[bool, typer.Option(help="TensorRT: a dynamic batch profile (1..--trt-max-batch) "
                                                          "instead of a fixed batch-1 engine")] = False,
     trt_max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the dynamic profile")] = 8,
-    with_bare: Annotated[bool, typer.Option(help="onnx: also export the bare backbone as bare.onnx, the reference "
-                                                 "`edgevp profile RUN` compares with")] = False,
+    with_references: Annotated[bool, typer.Option(
+        help="onnx: also export the bare backbone (bare.onnx) and the unfolded prompted model (unfolded.onnx), the "
+             "references `edgevp profile RUN` compares with")] = False,
 ) -> None:
     """Fold the prompts into constants and export deployable artifacts, gated on parity with the PyTorch model.
 
@@ -329,7 +336,7 @@ def export_(
     sidecar = export_run(run, ExportOptions(
         target=target, opset=opset, out=out, dynamic_batch=dynamic_batch, include_preprocess=include_preprocess,
         exporter=exporter, simplify=simplify, which=checkpoint, atol=atol, max_top1_drop=max_drop,
-        int8_mode=int8_mode, trt_dynamic_batch=trt_dynamic_batch, trt_max_batch=trt_max_batch, with_bare=with_bare))
+        int8_mode=int8_mode, trt_dynamic_batch=trt_dynamic_batch, trt_max_batch=trt_max_batch, with_references=with_references))
     p, acc, fold = sidecar["parity"], sidecar.get("accuracy_vs_fp32"), sidecar["fold"]
     extra = f", top-1 {acc['top1']:.2f} vs fp32 {acc['top1_fp32']:.2f}" if acc else ""
     typer.echo(f"done: {target} ({fold['pixel'] if fold['pixel'] != 'none' else fold['tokens']} fold), parity max "

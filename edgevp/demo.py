@@ -1,5 +1,6 @@
 """The main job on the offline default: several methods trained on the same Fashion-MNIST subset with the offline
-DINOv2 ViT-S/14, compared in one table (trainable parameters, top-1, training time)."""
+DINOv2 ViT-S/14, compared in one table (trainable parameters, top-1, training time); VPT-deep condensed with Prompt
+Condensation; every run exported (prompts folded, parity-gated); the deployed forms profiled; one report."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -60,19 +61,39 @@ def run_demo(out: Path, methods: list[str], sets: list[str], quiet: bool = False
             print(f"{r['method']} {verdict} the linear probe: {delta:+.2f} points test top-1 (same data, epochs, "
                   f"optimiser, {r['train_seconds'] / max(base['train_seconds'], 1e-9):.1f}x its training time)")
     if condense and (root / "vpt_deep-pc30").is_dir():
-        # profile: the condensed run against its bare backbone and its uncondensed source (PyTorch CPU, batch 1,
-        # each variant in its own process, interleaved rounds), then one report across every run
-        from .profile.report_table import markdown
-        from .profile.run import profile_targets
-        from .report import write_report
-
-        rep.log("== profile: bare backbone vs VPT-deep vs VPT-deep + PC 30 % ==")
-        result, _ = profile_targets(root / "vpt_deep-pc30", [], "torch", "cpu", [1], 5, 20, 3, None, None)
-        print(markdown(result["rows"]))
-        md, _ = write_report([Path(r["run_dir"]) for r in rows], root / "report")
-        print(f"report: {md} (Pareto plot: {md.parent / 'pareto.png'})")
+        export_and_profile(root, [Path(r["run_dir"]) for r in rows], rep)
     print(f"summary: {root / 'summary.md'}")
     return rows
+
+
+def export_and_profile(root: Path, runs: list[Path], rep: Reporter) -> None:
+    """Export every run (prompts folded, ORT parity-gated), profile the condensed run's deployed form against the
+    bare backbone, its unfolded form, its uncondensed source and the other runs (ONNX Runtime CPU, batch 1, each
+    variant in its own process, interleaved rounds), then write one report across every run."""
+    from .export.pipeline import ExportOptions, export_run
+    from .profile.report_table import markdown
+    from .profile.run import profile_targets
+    from .report import write_report
+
+    condensed = root / "vpt_deep-pc30"
+    rep.log("== export: prompts folded into constants, ONNX checked against PyTorch on validation images ==")
+    labels = {}
+    for run in runs:
+        side = export_run(run, ExportOptions(with_references=run == condensed))
+        fold, par = side["fold"], side["parity"]
+        kind = fold["pixel"] if fold["pixel"] != "none" else fold["tokens"]
+        how = {"pos_embed": "LoR-VP prompt folded into pos_embed", "kv": "prompts folded into per-layer K/V",
+               "none": "nothing to fold"}.get(kind, f"{kind} fold")
+        labels[run] = f"{run.name} ({'deployed' if kind == 'none' else 'folded'})"
+        print(f"{run.name}: {how}; ORT vs PyTorch max abs {par['max_abs']:.1e}, top-1 agreement "
+              f"{par['top1_agreement']:.3f} on {par['images']} images -> {', '.join(side['files'])}")
+    rep.log("== profile: ONNX Runtime CPU, batch 1, ratios to the bare backbone ==")
+    against = [Path(f"{labels[r]}={r / 'export' / 'model.onnx'}") for r in runs
+               if r != condensed and r.name != "vpt_deep"]  # vpt_deep is already there as the uncondensed source
+    result, _ = profile_targets(condensed, against, "ort", "cpu", [1], 10, 50, 3, None, None)
+    print(markdown(result["rows"]))
+    md, _ = write_report(runs, root / "report")
+    print(f"report: {md} (Pareto plot: {md.parent / 'pareto.png'})")
 
 
 def format_table(rows: list[dict]) -> str:

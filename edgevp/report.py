@@ -13,19 +13,38 @@ from .io import atomic_path, write_json, write_text
 from .runs import RunDir
 
 
-def _latency(run: Path) -> dict | None:
-    """The run's deployed artifact latency from RUN/profile/profile.json (batch 1), with its ratio to the bare one."""
-    f = run / "profile" / "profile.json"
-    if not f.is_file():
-        return None
-    res = json.loads(f.read_text())
-    rows = [r for r in res["rows"] if r["batch"] == min(x["batch"] for x in res["rows"])]
-    mine = next((r for r in rows if r["variant"].startswith("model")), rows[-1])
-    return {"p50_ms": mine["p50_ms"], "ratio": mine["ratio_p50"], "reference": res["reference"],
-            "backend": res["conditions"].get(mine["variant"], {}).get("backend")}
+def _profiles(runs: list[Path]) -> list[dict]:
+    """Every RUN/profile/profile.json among `runs` (one profile may measure several runs' artifacts)."""
+    out = []
+    for run in runs:
+        f = run / "profile" / "profile.json"
+        if f.is_file():
+            res = json.loads(f.read_text())
+            res["_run"] = run.resolve()
+            out.append(res)
+    return out
 
 
-def summarize(run: Path) -> dict:
+def _latency(run: Path, profiles: list[dict]) -> dict | None:
+    """The run's deployed latency (smallest batch measured) and its ratio to that profile's reference: its own
+    profile's "this run" row, else a row of any profile that measured the run's exported `model.onnx`."""
+    run = run.resolve()
+    deployed = run / "export" / "model.onnx"
+    for res in sorted(profiles, key=lambda p: p["_run"] != run):  # the run's own profile first
+        rows = [r for r in res["rows"] if r["batch"] == min(x["batch"] for x in res["rows"])]
+        if res["_run"] == run:
+            mine = next((r for r in rows if r.get("role") == "this run"), None) or \
+                next((r for r in rows if r["variant"].startswith("model")), rows[-1])
+        else:
+            mine = next((r for r in rows if r.get("artifact") and Path(r["artifact"]).resolve() == deployed), None)
+        if mine is not None:
+            return {"p50_ms": mine["p50_ms"], "ratio": mine["ratio_p50"], "reference": res["reference"],
+                    "macs": mine.get("macs"),
+                    "backend": res["conditions"].get(mine["variant"], {}).get("backend")}
+    return None
+
+
+def summarize(run: Path, profiles: list[dict] | None = None) -> dict:
     rd = RunDir(run)
     m = rd.manifest()
     cfg = rd.config()
@@ -38,14 +57,16 @@ def summarize(run: Path) -> dict:
            "mac_ratio": info.get("macs") and info.get("bare_macs") and info["macs"] / info["bare_macs"],
            "test_top1": info.get("test_top1"), "val_top1": info.get("best_val_top1"),
            "train_seconds": info.get("train_seconds")}
-    lat = _latency(run)
+    lat = _latency(run, _profiles([run]) if profiles is None else profiles)
     if lat:
-        row.update(latency_p50_ms=lat["p50_ms"], latency_ratio=lat["ratio"], latency_backend=lat["backend"])
+        row.update(latency_p50_ms=lat["p50_ms"], latency_ratio=lat["ratio"], latency_backend=lat["backend"],
+                   deployed_gmacs=lat["macs"] and lat["macs"] / 1e9)
     return row
 
 
 COLS = [("method", "method", "{}"), ("prompts_kept", "prompts kept", "{}"), ("trainable_params", "params", "{:,}"),
-        ("gmacs", "GMACs", "{:.3f}"), ("mac_ratio", "MACs vs bare", "{:.3f}"),
+        ("gmacs", "GMACs (trained form)", "{:.3f}"), ("mac_ratio", "MACs vs bare", "{:.3f}"),
+        ("deployed_gmacs", "GMACs deployed", "{:.3f}"),
         ("latency_p50_ms", "p50 ms", "{:.2f}"), ("latency_ratio", "p50 vs bare", "{:.3f}"),
         ("test_top1", "top-1", "{:.2f}"), ("run", "run", "{}")]
 
@@ -89,7 +110,8 @@ def write_report(runs: list[Path], out: Path) -> tuple[Path, list[dict]]:
     if not runs:
         raise ConfigError("give at least one run directory")
     out.mkdir(parents=True, exist_ok=True)
-    rows = [summarize(r) for r in runs]
+    profiles = _profiles(runs)
+    rows = [summarize(r, profiles) for r in runs]
     files = []
     write_json(out / "summary.json", rows)
     buf = io.StringIO()

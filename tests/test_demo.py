@@ -24,7 +24,15 @@ def test_demo_trains_every_method_and_writes_the_comparison(tmp_path):
     assert rows[0]["prompt_params"] == 0 and rows[1]["prompt_params"] == 6 * 32 * 4
     assert "| vpt_deep |" in r.output and "the linear probe:" in r.output
     assert (root / "summary.md").read_text().startswith("| method |")
-    assert (root / "vpt_deep-pc30" / "profile" / "profile.json").is_file()  # profile step
+    for run in ("linear", "lorvp", "vpt_deep", "vpt_deep-pc30"):  # export step: every run, parity-gated
+        assert json.loads((root / run / "export" / "model.json").read_text())["status"] == "ok"
+    profile = json.loads((root / "vpt_deep-pc30" / "profile" / "profile.json").read_text())  # profile step
+    assert [row["variant"] for row in profile["rows"]] == [
+        "bare backbone", "unfolded prompts", "uncondensed source (folded)", "folded (this run)", "linear (deployed)",
+        "lorvp (folded)"]
+    assert all(row["backend"] == "ort" for row in profile["conditions"].values())
+    report = json.loads((root / "report" / "summary.json").read_text())
+    assert all(row["latency_ratio"] > 0 for row in report)  # every run's deployed latency reaches the report
     assert (root / "report" / "report.md").is_file() and (root / "report" / "pareto.png").is_file()  # report step
     assert "p50 ratio" in r.output and "report:" in r.output
 

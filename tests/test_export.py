@@ -83,12 +83,16 @@ def test_opset17_legacy_static_export(runs, tmp_path):
 
 def test_parity_failure_exits_3_and_leaves_nothing_looking_valid(runs, tmp_path):
     run = _copy(runs["vpt"], tmp_path)
-    assert runner.invoke(app, ["export", str(run), "--with-bare"]).exit_code == 0
+    assert runner.invoke(app, ["export", str(run), "--with-references"]).exit_code == 0
     from edgevp.profile.onnx_macs import graph_cost
     from edgevp.profile.run import run_variants
 
-    assert [v.name for v in run_variants(run, "ort", "cpu")] == ["bare", "model"]  # profile's reference comes first
-    assert graph_cost(run / "export" / "model.onnx").macs > graph_cost(run / "export" / "bare.onnx").macs
+    # profile's references come first: the bare backbone, then the unfolded prompted model
+    assert [v.name for v in run_variants(run, "ort", "cpu")] == ["bare backbone", "unfolded prompts",
+                                                                "folded (this run)"]
+    bare, unfolded, folded = (graph_cost(run / "export" / f"{n}.onnx").macs for n in ("bare", "unfolded", "model"))
+    assert bare < folded < unfolded  # KV folding removes the prompt rows' compute, not the attention columns
+    assert json.loads((run / "export" / "model.json").read_text())["references"]["unfolded.onnx"].startswith("the")
     r = runner.invoke(app, ["export", str(run), "--atol", "-1"])  # no export can pass a negative tolerance
     assert r.exit_code == 3 and "failed verification" in r.output
     names = {p.name for p in (run / "export").iterdir()}
@@ -109,6 +113,11 @@ def test_bad_input_exit_codes(runs, tmp_path):
     r = runner.invoke(app, ["export", str(broken)])
     assert r.exit_code == 6 and not (broken / "export").exists()
     assert runner.invoke(app, ["export", str(tmp_path / "nothing")]).exit_code == 6
+    newer = _copy(runs["lorvp"], tmp_path)  # a run written by a newer edgevp
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
+    r = runner.invoke(app, ["export", str(newer)])
+    assert r.exit_code == 6 and "newer edgevp" in r.output and not (newer / "export").exists()
 
 
 def test_ort_fp16_and_int8_report_accuracy(runs, tmp_path):

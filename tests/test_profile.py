@@ -280,3 +280,16 @@ def test_profile_a_condensed_run_in_torch_against_its_uncompressed_versions(tmp_
     assert macs["bare backbone"] == 1.0 < macs["vpt (this run)"] < macs["uncondensed source"]
     assert all(row["peak_rss_mib"] > 0 for row in res["rows"])
     assert (tmp_path / "pc" / "profile" / "profile.json").is_file()
+    # the deployed forms through ONNX Runtime: export both runs, then the condensed run's references come first
+    for run in ("vpt", "pc"):
+        assert CliRunner().invoke(app, ["export", str(tmp_path / run), "--with-references"]).exit_code == 0
+    other = tmp_path / "vpt" / "export" / "unfolded.onnx"
+    r = CliRunner().invoke(app, ["profile", str(tmp_path / "pc"), "--against", f"vpt unfolded={other}", "--iters", "3",
+                                 "--warmup", "1", "--rounds", "1", "--threads", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["variant"]: row for row in json.loads(r.output)["rows"]}
+    assert list(rows) == ["bare backbone", "unfolded prompts", "uncondensed source (folded)", "folded (this run)",
+                          "vpt unfolded"]
+    macs = [row["ratio_macs"] for row in rows.values()]
+    assert macs[0] == 1.0 < macs[3] < macs[2] and macs[3] < macs[1]
+    assert rows["folded (this run)"]["role"] == "this run"

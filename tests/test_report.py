@@ -27,7 +27,12 @@ def test_report_across_runs(tmp_path):
     (vpt / "profile" / "profile.json").write_text(json.dumps({
         "reference": "bare", "conditions": {"model": {"backend": "ort"}},
         "rows": [{"variant": "bare", "batch": 1, "p50_ms": 2.0, "ratio_p50": 1.0},
-                 {"variant": "model", "batch": 1, "p50_ms": 2.5, "ratio_p50": 1.25}]}))
+                 {"variant": "model", "batch": 1, "p50_ms": 2.5, "ratio_p50": 1.25, "role": "this run"},
+                 # one profile may also measure another run's deployed artifact (the demo measures all in one)
+                 {"variant": "lin (deployed)", "batch": 1, "p50_ms": 2.1, "ratio_p50": 1.05, "macs": 7e6,
+                  "artifact": str(lin / "export" / "model.onnx")},
+                 {"variant": "elsewhere", "batch": 1, "p50_ms": 9.0, "ratio_p50": 4.5,
+                  "artifact": str(tmp_path / "pc" / "export" / "other.onnx")}]}))
     out = tmp_path / "report"
     r = CliRunner().invoke(app, ["report", str(lin), str(vpt), str(tmp_path / "pc"), str(tmp_path / "report.md"),
                                  "--out", str(out)])
@@ -35,6 +40,7 @@ def test_report_across_runs(tmp_path):
     rows = json.loads((out / "summary.json").read_text())
     assert [x["method"] for x in rows] == ["linear", "vpt", "vpt-pc"]
     assert rows[1]["latency_ratio"] == 1.25 and rows[2]["prompts_kept"] == "12/24"
+    assert rows[0]["latency_ratio"] == 1.05 and rows[0]["deployed_gmacs"] == 7e-3 and "latency_ratio" not in rows[2]
     assert rows[0]["mac_ratio"] == 1.0 and rows[1]["mac_ratio"] > rows[2]["mac_ratio"] > 1.0
     for f in ("report.md", "summary.csv", "pareto.csv", "pareto.png", "curves.csv", "curves.png",
               "keep_heatmap-pc.csv", "keep_heatmap-pc.png"):

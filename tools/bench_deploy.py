@@ -1,8 +1,10 @@
-"""Deploy-form latency: ONNX Runtime CPU (batch 1, fixed threads) of unfolded vs folded prompts, as ratios to the bare
-backbone's own export measured in the same run.
+"""Prompt overhead as deployed: ONNX Runtime CPU latency (batch 1, fixed threads) and graph MACs of unfolded vs
+folded prompts, as ratios to the bare backbone's own export measured in the same run (the headline table of the
+export and profile stages).
 
 Variants per backbone: the bare backbone, LoR-VP r4 unfolded (input add) and folded (into pos_embed), VPT-deep-50
-unfolded and KV-folded, E²VPT default sizes (10 visual + 5 KV prompts) unfolded and folded. Prompts are random and
+unfolded and KV-folded, VPT-deep-50 condensed to 30 % of its prompts (non-uniform per layer) unfolded and KV-folded,
+E²VPT default sizes (10 visual + 5 KV prompts) unfolded and folded. Prompts are random and
 far from zero (so a fold that dropped them would show in the parity column). Every variant goes through the shipped
 export path (`edgevp.export.onnx.export_onnx`: dynamo, opset 18, dynamic batch, onnxsim) and is measured in its own
 process, interleaved over rounds with the order flipped each round, by `edgevp.profile.compare`.
@@ -23,6 +25,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from edgevp.condense.pc import condensed_config, condensed_state  # noqa: E402
+from edgevp.condense.select import keep_masks  # noqa: E402
 from edgevp.config import build_run_config  # noqa: E402
 from edgevp.export.fold import to_deploy  # noqa: E402
 from edgevp.export.onnx import export_onnx, run_ort, session, simplify  # noqa: E402
@@ -44,6 +48,16 @@ def _model(backbone: dict, method: str, prompt: dict | None = None):
     return model
 
 
+def _condensed(backbone: dict, vpt, keep: float = 0.3):
+    """VPT-deep-50 condensed to `keep` of its prompts by random scores (non-uniform per layer, as PC's are)."""
+    cfg = build_run_config({"method": "vpt", "prompt": {"num_tokens": 50, "deep": True}, "backbone": backbone})
+    scores = [torch.rand(50, generator=torch.Generator().manual_seed(i)) for i in range(vpt.info.depth)]
+    masks = keep_masks(scores, round(keep * 50 * vpt.info.depth))
+    pc = build_model(condensed_config(cfg, [int(m.sum()) for m in masks], 1, None), 10).eval()
+    pc.load_trainable_state(condensed_state(vpt, masks))
+    return pc
+
+
 def variants_for(backbone: dict, work: Path) -> tuple[list[Variant], dict]:
     """Export every variant; returns the variants and, per variant, ORT-vs-PyTorch max abs logit difference."""
     size = backbone["img_size"]
@@ -51,9 +65,11 @@ def variants_for(backbone: dict, work: Path) -> tuple[list[Variant], dict]:
     models = {"linear": _model(backbone, "linear"), "lorvp": _model(backbone, "lorvp", {"rank": 4}),
               "vpt": _model(backbone, "vpt", {"num_tokens": 50, "deep": True}),
               "e2vpt": _model(backbone, "e2vpt", {"num_tokens": 10, "num_kv": 5})}
+    models["pc"] = _condensed(backbone, models["vpt"])
     plan = [("bare backbone", "linear", True), ("LoR-VP r4 unfolded", "lorvp", False),
             ("LoR-VP r4 folded", "lorvp", True), ("VPT-deep-50 unfolded", "vpt", False),
-            ("VPT-deep-50 KV-folded", "vpt", True), ("E2VPT 10+5 unfolded", "e2vpt", False),
+            ("VPT-deep-50 KV-folded", "vpt", True), ("VPT-deep-50 PC 30 % unfolded", "pc", False),
+            ("VPT-deep-50 PC 30 % KV-folded", "pc", True), ("E2VPT 10+5 unfolded", "e2vpt", False),
             ("E2VPT 10+5 folded", "e2vpt", True)]
     variants, parity = [], {}
     for i, (name, key, fold) in enumerate(plan):

@@ -162,6 +162,16 @@ def build_fp32(ctx, name: str = "model.onnx") -> dict:
                   "dtype": "float32"}, "output": {"name": OUTPUT, "dtype": "float32"}}, "parity": parity}
 
 
+def _reference(ctx, module, name: str) -> str:
+    """Export a cost reference for `edgevp profile RUN` (no parity gate: it is not a deployable artifact)."""
+    path = ctx.work / name
+    export_onnx(module, path, tuple(ctx.model.info.input_size), ctx.opts.opset, ctx.opts.dynamic_batch,
+                ctx.opts.exporter)
+    check(path)
+    simplify(path, ctx.opts.simplify)
+    return name
+
+
 @register_target("onnx", help="fp32 ONNX (one file) with metadata, gated on ORT vs PyTorch parity")
 def build_onnx(ctx) -> dict:
     """fp32 ONNX with metadata, gated on ORT vs PyTorch parity."""
@@ -169,12 +179,16 @@ def build_onnx(ctx) -> dict:
     from .pipeline import sha256
 
     result = build_fp32(ctx)
-    if ctx.opts.with_bare and result["status"] == "ok":  # the cost reference `edgevp profile RUN` puts first
-        path = ctx.work / "bare.onnx"
-        export_onnx(bare_deploy(ctx.model, ctx.opts.include_preprocess), path, tuple(ctx.model.info.input_size),
-                    ctx.opts.opset, ctx.opts.dynamic_batch, ctx.opts.exporter)
-        check(path)
-        simplify(path, ctx.opts.simplify)
-        result["files"].append("bare.onnx")
+    if ctx.opts.with_references and result["status"] == "ok":  # what `edgevp profile RUN` compares with
+        refs = {"bare.onnx": "the backbone alone (with the run's head), same preprocessing"}
+        result["files"].append(_reference(ctx, bare_deploy(ctx.model, ctx.opts.include_preprocess), "bare.onnx"))
+        if ctx.cfg.method == "linear":
+            pass  # nothing to fold: model.onnx is already the plain backbone
+        elif not ctx.opts.include_preprocess:
+            refs["unfolded.onnx"] = "skipped: the unfolded model takes [0, 1] images (use --include-preprocess)"
+        else:
+            result["files"].append(_reference(ctx, ctx.model, "unfolded.onnx"))
+            refs["unfolded.onnx"] = "the PromptedModel as trained (prompts computed at run time, not folded)"
+        result["references"] = refs
     result["sha256"] = {n: sha256(ctx.work / n) for n in result["files"]}
     return result

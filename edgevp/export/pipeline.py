@@ -39,7 +39,7 @@ class ExportOptions:
     calib_images: int = 64
     trt_dynamic_batch: bool = False  # TensorRT: dynamic batch profile instead of a fixed-shape engine
     trt_max_batch: int = 8
-    with_bare: bool = False  # onnx: also export the bare backbone (bare.onnx) as the profiling reference
+    with_references: bool = False  # onnx: also export bare.onnx and unfolded.onnx, the references profiling uses
 
 
 @dataclass

@@ -74,7 +74,7 @@ def compare(variants: list[Variant], batches: list[int], rounds: int = 3, warmup
         ref = median_of(samples[variants[0].name])
         for v in variants:
             s = median_of(samples[v.name])
-            row = {"variant": v.name, "batch": b, **s.to_dict(), "ratio_p50": s.p50_ms / ref.p50_ms,
+            row = {"variant": v.name, "artifact": v.artifact, "batch": b, **s.to_dict(), "ratio_p50": s.p50_ms / ref.p50_ms,
                    "rounds": rounds, "peak_rss_mib": conditions[v.name].get("peak_rss_mib"), **costs[v.name],
                    **v.info}
             ref_macs = costs[variants[0].name].get("macs")

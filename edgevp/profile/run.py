@@ -20,15 +20,39 @@ def _variant(path: Path, backend: str, device: str, name: str | None = None) -> 
     return Variant(name or path.stem, str(path), backend, device)
 
 
+RUN_LABELS = {"bare": "bare backbone", "unfolded": "unfolded prompts", "model": "folded (this run)"}
+
+
 def run_variants(run: Path, backend: str, device: str) -> list[Variant]:
-    """The exported artifacts of a run directory, the uncompressed references first."""
+    """The exported artifacts of a run directory, the uncompressed references first: `bare.onnx`, `unfolded.onnx`
+    (from `edgevp export RUN --with-references`), then the uncondensed source run's `model.onnx` when this run was
+    condensed and its source was exported, then this run's own artifacts."""
     export = run / "export"
     found = sorted(export.glob("*.onnx")) if export.is_dir() else []
     if not found:
         raise DataError(f"run '{run}' has no exported ONNX files in {export}", f"run: edgevp export {run} --target onnx")
     order = {"bare": 0, "unfolded": 1}
-    found.sort(key=lambda p: (min((v for k, v in order.items() if k in p.stem), default=2), p.name))
-    return [_variant(p, backend, device) for p in found]
+    found.sort(key=lambda p: (order.get(p.stem, 3), p.name))
+    variants = [_variant(p, backend, device, RUN_LABELS.get(p.stem)) for p in found]
+    for v, p in zip(variants, found):
+        if p.stem == "model":
+            v.info["role"] = "this run"
+    source = _condensed_from(run)
+    if source is not None and (source / "export" / "model.onnx").is_file():
+        at = sum(p.stem in order for p in found)
+        variants.insert(at, _variant(source / "export" / "model.onnx", backend, device, "uncondensed source (folded)"))
+    return variants
+
+
+def _condensed_from(run: Path) -> Path | None:
+    from ..errors import EdgevpError
+    from ..runs import RunDir
+
+    try:
+        source = (RunDir(run).manifest().get("inputs") or {}).get("condensed_from")
+    except EdgevpError:  # an export directory copied without its manifest still profiles on its own
+        return None
+    return Path(source["run"]) if source and source.get("run") else None
 
 
 def torch_run_variants(run: Path, device: str) -> list[Variant]:
@@ -39,7 +63,8 @@ def torch_run_variants(run: Path, device: str) -> list[Variant]:
     train_info = manifest.get("train_info") or {}
     variants = [Variant("bare backbone", f"{run}#bare", "torch", device, {"macs": train_info.get("bare_macs")}),
                 Variant(f"{manifest.get('method')} (this run)", str(run), "torch", device,
-                        {"macs": train_info.get("macs"), "params": train_info.get("total_params")})]
+                        {"macs": train_info.get("macs"), "params": train_info.get("total_params"),
+                         "role": "this run"})]
     source = (manifest.get("inputs") or {}).get("condensed_from")
     if source and Path(source["run"]).is_dir():
         info = RunDir(source["run"]).manifest().get("train_info") or {}
@@ -67,9 +92,13 @@ def profile_targets(target: Path, against: list[Path], backend: str, device: str
     names = {v.name for v in variants}
     extra = []
     for p in against:
-        v = _variant(p, backend, device)
+        label, sep, path = str(p).partition("=")
+        v = _variant(Path(path), backend, device, label) if sep and "/" not in label else _variant(p, backend, device)
         if v.name in names:
-            v.name = f"{v.name} ({p.parent.name})"
+            where = p.parent.parent if p.parent.name == "export" else p.parent  # RUN/export/model.onnx -> RUN
+            v.name = f"{v.name} ({where.name})"
+        if v.name in names:
+            raise ConfigError(f"two variants are named '{v.name}'", "name them: --against NAME=PATH")
         names.add(v.name)
         extra.append(v)
     # the reference (ratio 1.0) is the first variant: a run's own bare export, or else the first --against
