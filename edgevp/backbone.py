@@ -96,7 +96,8 @@ def create_backbone(cfg: BackboneConfig, num_classes: int | None = None) -> tupl
     Example:
         >>> model, info = create_backbone(BackboneConfig("test_vit", weights="none"), num_classes=10)
     """
-    from .weights import offline_weights_file, sha256_file
+    from .io import sha256_file
+    from .weights import offline_weights_file
 
     _check_name(cfg.name)
     file: Path | None = None

@@ -196,7 +196,10 @@ def profile(
     against: Annotated[list[Path], typer.Option(help="artifacts to compare with (repeatable; NAME=PATH labels one)")] = [],  # noqa: B006
     backend: Annotated[str, typer.Option(help="ort | trt (TensorRT runtime) | trtexec | torch (a run directory: "
                                               "the run vs its bare backbone and uncondensed source)")] = "ort",
-    device: Annotated[str, typer.Option(help="ort execution provider: cpu | cuda | tensorrt")] = "cpu",
+    device: Annotated[str, typer.Option(help="ort execution provider: cpu | cuda | tensorrt; torch: cpu | cuda")]
+    = "cpu",
+    compile: Annotated[bool, typer.Option("--compile", help="--backend torch --device cuda: time torch.compile "
+                                                            "instead of eager")] = False,
     batch: Annotated[list[int], typer.Option(help="batch size (repeatable)")] = [1],  # noqa: B006
     warmup: Annotated[int, typer.Option(help="untimed calls before timing")] = 10,
     iters: Annotated[int, typer.Option(help="timed calls per round")] = 100,
@@ -212,8 +215,10 @@ def profile(
 
     if warmup < 0 or iters < 1 or rounds < 1 or any(b < 1 for b in batch):
         _fail("--warmup >= 0, --iters >= 1, --rounds >= 1 and --batch >= 1 are required", 2)
-    result, files = profile_targets(target, list(against), backend, device, batch, warmup, iters, rounds, threads,
-                                    out)
+    if compile and backend != "torch":
+        _fail("--compile applies to --backend torch (a run directory in PyTorch)", 2)
+    result, files = profile_targets(target, list(against), "torch-compile" if compile else backend, device, batch,
+                                    warmup, iters, rounds, threads, out)
     if json_out:
         typer.echo(_json.dumps(result, default=str))
         return
@@ -228,12 +233,15 @@ def profile(
 def report(
     runs: Annotated[list[Path], typer.Argument(help="run directories to compare")],
     out: Annotated[Path, typer.Option("--out", "-o", help="report directory")] = Path("runs/report"),
+    profile: Annotated[list[Path], typer.Option(
+        help="profile.json taken elsewhere (e.g. on the device), matched to runs by artifact sha256; its latency "
+             "comes first (repeatable)")] = [],  # noqa: B006
 ) -> None:
     """A summary across runs: table, accuracy-vs-cost Pareto plot, keep heatmaps, training curves, markdown."""
     from .report import table, write_report
 
     # shell globs over a demo directory also match its summary files: keep the run directories
-    md, rows = write_report([r for r in runs if (r / "manifest.json").is_file()] or list(runs), out)
+    md, rows = write_report([r for r in runs if (r / "manifest.json").is_file()] or list(runs), out, profile)
     typer.echo(table(rows))
     typer.echo(f"report: {md}")
 

@@ -6,7 +6,6 @@ normalisation happens inside the model (so pixel-space prompts can act before it
 from __future__ import annotations
 
 import gzip
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import DataConfig
 from .errors import DataError
+from .io import sha256_file
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -140,10 +140,6 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(b, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims).copy()
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:
     """A seeded permutation that interleaves classes, so any prefix of it is class-balanced."""
     perm = np.random.default_rng(seed).permutation(len(labels))
@@ -177,7 +173,7 @@ def _fashion_mnist(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None, 
                         "install it: sudo apt-get install dataset-fashion-mnist, or set data.root to a folder with "
                         "the four idx .gz files")
     xtr, ytr, xte, yte = (_read_idx(root / n) for n in names)
-    source = {"root": str(root), "sha256": {n: _sha256(root / n) for n in names}}
+    source = {"root": str(root), "sha256": {n: sha256_file(root / n) for n in names}}
     return (ImageDataset(xtr, ytr, FASHION_MNIST_CLASSES), ImageDataset(xte, yte, FASHION_MNIST_CLASSES), source)
 
 

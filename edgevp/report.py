@@ -8,39 +8,65 @@ import json
 import shutil
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, IncompatibleError
 from .io import atomic_path, write_json, write_text
 from .runs import RunDir
 
 
-def _profiles(runs: list[Path]) -> list[dict]:
-    """Every RUN/profile/profile.json among `runs` (one profile may measure several runs' artifacts)."""
+def _profiles(runs: list[Path], extra: list[Path] = ()) -> list[dict]:
+    """The profiles a report draws latency from: `extra` profile.json files first (e.g. measured on the device),
+    then every RUN/profile/profile.json among `runs` (one profile may measure several runs' artifacts)."""
     out = []
-    for run in runs:
-        f = run / "profile" / "profile.json"
-        if f.is_file():
-            res = json.loads(f.read_text())
-            res["_run"] = run.resolve()
-            out.append(res)
+    for f, run in [*((Path(p), None) for p in extra), *((r / "profile" / "profile.json", r) for r in runs)]:
+        if run is not None and not f.is_file():
+            continue
+        try:
+            res = json.loads(Path(f).read_text())
+        except (OSError, ValueError):
+            res = None
+        if not isinstance(res, dict) or not isinstance(res.get("rows"), list) or "reference" not in res:
+            raise IncompatibleError(f"'{f}' is not a readable edgevp profile.json",
+                                    "give the profile.json written by `edgevp profile`")
+        res["_run"] = run and run.resolve()
+        out.append(res)
     return out
 
 
+def _deployed_hashes(run: Path) -> set[str]:
+    """sha256 of the run's deployable ONNX files (references and failed artifacts excluded)."""
+    from .io import sha256_file
+
+    export = run / "export"
+    skip = {"bare.onnx", "unfolded.onnx"}
+    return {sha256_file(p) for p in export.rglob("*.onnx") if p.name not in skip} if export.is_dir() else set()
+
+
 def _latency(run: Path, profiles: list[dict]) -> dict | None:
-    """The run's deployed latency (smallest batch measured) and its ratio to that profile's reference: its own
-    profile's "this run" row, else a row of any profile that measured the run's exported `model.onnx`."""
+    """The run's deployed latency (smallest batch measured) and its ratio to that profile's reference. Rows that
+    belong to the run: its own profile's "this run" row; a row whose artifact is the run's `export/model.onnx`; a row
+    whose artifact (or, for an engine, the ONNX it was built from) has the sha256 of one of the run's exports."""
     run = run.resolve()
     deployed = run / "export" / "model.onnx"
-    for res in sorted(profiles, key=lambda p: p["_run"] != run):  # the run's own profile first
+    hashes = None
+    given = [p for p in profiles if p["_run"] is None]
+    own = [p for p in profiles if p["_run"] == run]
+    others = [p for p in profiles if p["_run"] is not None and p["_run"] != run]
+    for res in given + own + others:
         rows = [r for r in res["rows"] if r["batch"] == min(x["batch"] for x in res["rows"])]
+        mine = None
         if res["_run"] == run:
             mine = next((r for r in rows if r.get("role") == "this run"), None) or \
                 next((r for r in rows if r["variant"].startswith("model")), rows[-1])
-        else:
-            mine = next((r for r in rows if r.get("artifact") and Path(r["artifact"]).resolve() == deployed), None)
+        mine = mine or next((r for r in rows if r.get("artifact") and Path(r["artifact"]).resolve() == deployed), None)
+        if mine is None and any(r.get("sha256") or r.get("onnx_sha256") for r in rows):
+            hashes = _deployed_hashes(run) if hashes is None else hashes
+            mine = next((r for r in rows if {r.get("sha256"), r.get("onnx_sha256")} & hashes), None)
         if mine is not None:
+            cond = res.get("conditions", {}).get(mine["variant"], {})
+            machine = res.get("machine", {})
             return {"p50_ms": mine["p50_ms"], "ratio": mine["ratio_p50"], "reference": res["reference"],
-                    "macs": mine.get("macs"),
-                    "backend": res["conditions"].get(mine["variant"], {}).get("backend")}
+                    "macs": mine.get("macs"), "backend": cond.get("backend"),
+                    "where": f"{cond.get('backend', '?')}, {machine.get('gpu') or machine.get('cpu') or '?'}"}
     return None
 
 
@@ -60,7 +86,7 @@ def summarize(run: Path, profiles: list[dict] | None = None) -> dict:
     lat = _latency(run, _profiles([run]) if profiles is None else profiles)
     if lat:
         row.update(latency_p50_ms=lat["p50_ms"], latency_ratio=lat["ratio"], latency_backend=lat["backend"],
-                   deployed_gmacs=lat["macs"] and lat["macs"] / 1e9)
+                   deployed_gmacs=lat["macs"] and lat["macs"] / 1e9, latency_on=lat["where"])
     return row
 
 
@@ -68,7 +94,7 @@ COLS = [("method", "method", "{}"), ("prompts_kept", "prompts kept", "{}"), ("tr
         ("gmacs", "GMACs (trained form)", "{:.3f}"), ("mac_ratio", "MACs vs bare", "{:.3f}"),
         ("deployed_gmacs", "GMACs deployed", "{:.3f}"),
         ("latency_p50_ms", "p50 ms", "{:.2f}"), ("latency_ratio", "p50 vs bare", "{:.3f}"),
-        ("test_top1", "top-1", "{:.2f}"), ("run", "run", "{}")]
+        ("latency_on", "measured on", "{}"), ("test_top1", "top-1", "{:.2f}"), ("run", "run", "{}")]
 
 
 def table(rows: list[dict]) -> str:
@@ -106,12 +132,12 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def write_report(runs: list[Path], out: Path) -> tuple[Path, list[dict]]:
+def write_report(runs: list[Path], out: Path, profiles: list[Path] = ()) -> tuple[Path, list[dict]]:
     if not runs:
         raise ConfigError("give at least one run directory")
     out.mkdir(parents=True, exist_ok=True)
-    profiles = _profiles(runs)
-    rows = [summarize(r, profiles) for r in runs]
+    found = _profiles(runs, profiles)
+    rows = [summarize(r, found) for r in runs]
     files = []
     write_json(out / "summary.json", rows)
     buf = io.StringIO()

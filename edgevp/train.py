@@ -2,7 +2,6 @@
 to the same result (data order, augmentation and dropout are all functions of the seed and the step)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -344,7 +343,3 @@ def _finish(run: RunDir, cfg: RunConfig, model: PromptedModel, splits: Splits, d
     run.set_stage("train", status="completed", seconds=train_info["train_seconds"])
     return TrainResult(run.path, cfg.train.epochs, progress["best_epoch"], progress["best_top1"],
                        test and test["top1"], progress["seconds"], params, macs)
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

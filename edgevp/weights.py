@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -33,14 +32,6 @@ class OfflineWeights:
 def cache_dir() -> Path:
     root = os.environ.get("EDGEVP_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "edgevp")
     return Path(root).expanduser() / "weights"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _package_dir(package: str, install: str) -> Path:

@@ -68,6 +68,7 @@ def test_onnx_export_is_one_checked_file_with_metadata_and_parity(runs, tmp_path
     assert len(json.loads(meta["class_names"])) == 10
     assert json.loads(meta["data_config"])["input_size"] == [3, 32, 32]
     assert meta["source_checkpoint_sha256"] == side["source_checkpoint_sha256"]
+    assert {"torch", "timm", "onnx", "onnxruntime"} <= set(json.loads(meta["versions"])) and meta["edgevp_version"]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
     stages = {s["name"]: s for s in RunDir(run).manifest()["stages"]}
     assert stages["export:onnx"]["status"] == "ok"
@@ -144,13 +145,40 @@ def test_trt_without_tensorrt_writes_the_bundle_and_exits_4(runs, tmp_path, monk
     assert r.exit_code == 4 and "TensorRT is not installed" in r.output and "build_engine.sh" in r.output
     bundle = tmp_path / "trt-fp16"
     assert {p.name for p in bundle.iterdir()} == {"model.fp16.onnx", "model_fp32.onnx", "reference_input.npy",
-                                                  "reference_output.npy", "build_engine.sh", "README.md"}
+                                                  "reference_output.npy", "build_engine.sh", "README.md",
+                                                  "model.json"}
     script = (bundle / "build_engine.sh").read_text()
     assert "--stronglyTyped" in script and '"$MAJOR" -ge 11' in script and "--shapes=input:1x3x32x32" in script
     x, y = np.load(bundle / "reference_input.npy"), np.load(bundle / "reference_output.npy")
     assert x.shape == (8, 3, 32, 32) and y.shape == (8, 10)
     side = json.loads((tmp_path / "trt-fp16.json").read_text())
     assert side["status"] == "missing" and side["engine"] is None
+    meta = json.loads((bundle / "model.json").read_text())  # the engine's sidecar-to-be, with the ONNX hash
+    assert meta["onnx"] == "model.fp16.onnx" and len(meta["onnx_sha256"]) == 64 and "tensorrt_version" not in meta
+
+
+@pytest.mark.parametrize("major, flag", [("10", "--stronglyTyped"), ("11", None)])
+def test_build_engine_script_runs_trtexec_and_records_the_version(runs, tmp_path, monkeypatch, major, flag):
+    import subprocess
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    r = runner.invoke(app, ["export", str(runs["vpt"]), "--target", "trt-fp16", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 4
+    bundle = tmp_path / "out" / "trt-fp16"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "trtexec").write_text('#!/bin/sh\necho "$@" > trtexec.args\nfor a in "$@"; do case "$a" in '
+                                  '--saveEngine=*) echo engine > "${a#--saveEngine=}";; esac; done\n')
+    (fake / "trtexec").chmod(0o755)
+    (fake / "tensorrt.py").write_text(f"__version__ = '{major}.3.0'\n")
+    env = {**__import__("os").environ, "PATH": f"{fake}:/usr/bin:/bin", "PYTHONPATH": str(fake), "TRT_MAJOR": major}
+    p = subprocess.run(["./build_engine.sh"], cwd=bundle, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    args = (bundle / "trtexec.args").read_text()
+    assert "--onnx=model.fp16.onnx" in args and "--saveEngine=model.engine" in args and "--fp16" not in args
+    assert (flag in args) if flag else "--stronglyTyped" not in args
+    assert (bundle / "model.engine").read_text() == "engine\n"
+    assert json.loads((bundle / "model.json").read_text())["tensorrt_version"] == f"{major}.3.0"
 
 
 # -- TensorRT control flow with a fake module ------------------------------------------------------------------------

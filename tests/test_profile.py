@@ -280,6 +280,14 @@ def test_profile_a_condensed_run_in_torch_against_its_uncompressed_versions(tmp_
     assert macs["bare backbone"] == 1.0 < macs["vpt (this run)"] < macs["uncondensed source"]
     assert all(row["peak_rss_mib"] > 0 for row in res["rows"])
     assert (tmp_path / "pc" / "profile" / "profile.json").is_file()
+    base = ["profile", str(tmp_path / "pc"), "--iters", "1", "--rounds", "1"]
+    r = CliRunner().invoke(app, [*base, "--compile"])  # torch.compile is timed on CUDA only
+    assert r.exit_code == 2 and "--backend torch" in r.output
+    r = CliRunner().invoke(app, [*base, "--backend", "torch", "--compile"])
+    assert r.exit_code == 2 and "--device cuda" in r.output
+    if not torch.cuda.is_available():
+        r = CliRunner().invoke(app, [*base, "--backend", "torch", "--device", "cuda"])
+        assert r.exit_code == 4 and "no CUDA GPU" in r.output and "Traceback" not in r.output
     # the deployed forms through ONNX Runtime: export both runs, then the condensed run's references come first
     for run in ("vpt", "pc"):
         assert CliRunner().invoke(app, ["export", str(tmp_path / run), "--with-references"]).exit_code == 0

@@ -52,3 +52,35 @@ def test_report_across_runs(tmp_path):
 def test_report_of_a_non_run_fails_cleanly(tmp_path):
     r = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.exit_code == 6 and "not an edgevp run directory" in r.output
+
+
+def test_a_profile_taken_on_the_device_merges_by_sha256(tmp_path):
+    """An engine profiled on the device (paths of its own) finds its run through the ONNX it was built from."""
+    from edgevp.export.pipeline import ExportOptions, export_run
+    from edgevp.io import sha256_file
+    from edgevp.profile.compare import artifact_cost
+
+    run = tmp_path / "lor"
+    fit(tiny_config("lorvp", {"rank": 2}, train={"epochs": 1}), out=run)
+    export_run(run, ExportOptions())
+    onnx_sha = sha256_file(run / "export" / "model.onnx")
+    engine = tmp_path / "device" / "model.engine"  # as `edgevp profile` sees it on the device
+    engine.parent.mkdir()
+    engine.write_bytes(b"engine")
+    engine.with_suffix(".json").write_text(json.dumps({"onnx_sha256": onnx_sha, "tensorrt_version": "10.3.0"}))
+    cost = artifact_cost(str(engine))
+    assert cost["onnx_sha256"] == onnx_sha and cost["sha256"] == sha256_file(engine)
+    device_profile = tmp_path / "device" / "profile.json"
+    device_profile.write_text(json.dumps({
+        "reference": "bare", "machine": {"gpu": "Orin (nvgpu)"}, "conditions": {"engine": {"backend": "trt"}},
+        "rows": [{"variant": "bare", "batch": 1, "p50_ms": 2.0, "ratio_p50": 1.0, "sha256": "0" * 64},
+                 {"variant": "engine", "batch": 1, "p50_ms": 2.2, "ratio_p50": 1.1, "artifact": str(engine), **cost}]}))
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", str(run), "--profile", str(device_profile), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads((out / "summary.json").read_text())
+    assert row["latency_ratio"] == 1.1 and row["latency_on"] == "trt, Orin (nvgpu)"
+    junk = tmp_path / "junk.json"
+    junk.write_text("[]")
+    r = CliRunner().invoke(app, ["report", str(run), "--profile", str(junk), "--out", str(out)])
+    assert r.exit_code == 6 and "not a readable edgevp profile.json" in r.output

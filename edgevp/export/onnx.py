@@ -7,6 +7,7 @@ One self-contained `.onnx` file (weights inside, never external data: models her
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import io
 import json
 import warnings
@@ -121,13 +122,19 @@ def torch_logits(model, x: np.ndarray, batch: int = 32) -> np.ndarray:
 
 def metadata(ctx, produced: dict) -> dict[str, str]:
     from .. import __version__
-    from .pipeline import sha256
+    from ..io import sha256_file as sha256
 
     info = ctx.model.info
     data = {"input_size": list(info.input_size), "mean": list(info.mean), "std": list(info.std),
             "include_preprocess": ctx.opts.include_preprocess, "input_range": "[0, 1]" if
             ctx.opts.include_preprocess else "normalised with mean/std", "timm_data_config": info.data_config}
-    return {"edgevp_version": __version__, "method": ctx.cfg.method, "backbone": ctx.cfg.backbone.name,
+    versions = {}
+    for pkg in ("torch", "timm", "onnx", "onnxruntime", "onnxsim"):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {"edgevp_version": __version__, "versions": json.dumps(versions), "method": ctx.cfg.method, "backbone": ctx.cfg.backbone.name,
             "class_names": json.dumps(ctx.classes()), "data_config": json.dumps(data, default=str),
             "source_run": ctx.run.path.name, "source_checkpoint_sha256": sha256(ctx.run.checkpoint(ctx.opts.which)),
             "fold": json.dumps(ctx.fold.to_dict()), "exporter": produced["exporter"], "opset": str(produced["opset"])}
@@ -176,7 +183,7 @@ def _reference(ctx, module, name: str) -> str:
 def build_onnx(ctx) -> dict:
     """fp32 ONNX with metadata, gated on ORT vs PyTorch parity."""
     from .fold import bare_deploy
-    from .pipeline import sha256
+    from ..io import sha256_file as sha256
 
     result = build_fp32(ctx)
     if ctx.opts.with_references and result["status"] == "ok":  # what `edgevp profile RUN` compares with

@@ -65,7 +65,7 @@ def to_int8(src, dst, calib: np.ndarray, mode: str = "static") -> None:
 
 def _accuracy_gate(ctx, name: str, result: dict) -> dict:
     """Evaluate `name` against the fp32 ONNX on the val images; update `result` with the report and status."""
-    from .pipeline import sha256
+    from ..io import sha256_file as sha256
 
     x, y = ctx.info["val"]
     fp32 = ctx.info["fp32_logits"]

@@ -7,7 +7,6 @@ name is removed then.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MissingError, VerificationError
-from ..io import write_json
+from ..io import sha256_file as sha256, write_json
 
 
 @dataclass
@@ -89,14 +88,6 @@ class ExportContext:
         mean = self.model.mean.numpy()
         std = self.model.std.numpy()
         return ((x - mean) / std).astype(x.dtype)
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _writable_dir(out: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingError, VerificationError
+from ..io import sha256_file as sha256, write_json
 from .onnx import INPUT, build_fp32
 from .ort import _accuracy_gate, to_fp16, to_int8
 from .targets import register_target
@@ -42,6 +43,14 @@ else
   # Legacy weak-typing fallback (TensorRT 8.6/10.x only, removed in 11): build from an fp32 ONNX with
   #   "$TRTEXEC" --onnx=model_fp32.onnx --saveEngine=model.engine --fp16 $SHAPES
 fi
+# record the TensorRT version in the engine's sidecar (model.json), which `edgevp profile` checks before loading
+python3 - <<'PY' 2>/dev/null || true
+import json
+import tensorrt
+meta = json.load(open("model.json"))
+meta["tensorrt_version"] = tensorrt.__version__
+json.dump(meta, open("model.json", "w"), indent=1)
+PY
 echo "engine: $(pwd)/model.engine (compare its outputs with reference_output.npy on reference_input.npy)"
 """
 
@@ -146,7 +155,6 @@ def _shapes(ctx) -> dict[str, tuple[int, ...]]:
 def write_bundle(ctx, precision: str, result: dict) -> tuple[Path, str]:
     """Create `trt-<precision>/` in the staging dir from the gated ONNX files; returns (dir, onnx name)."""
     from .. import __version__
-    from .pipeline import sha256
 
     bundle = ctx.work / f"trt-{precision}"
     bundle.mkdir()
@@ -166,6 +174,11 @@ def write_bundle(ctx, precision: str, result: dict) -> tuple[Path, str]:
     script = bundle / "build_engine.sh"
     script.write_text(SCRIPT.format(onnx=onnx_name, shapes=shapes))
     script.chmod(0o755)
+    # the engine's sidecar as the device build leaves it: the source ONNX's hash lets a profile taken on the device
+    # find this run again (`edgevp report --profile`); build_engine.sh adds the TensorRT version
+    write_json(bundle / "model.json", {"onnx": onnx_name, "onnx_sha256": sha256(bundle / onnx_name),
+                                       "precision": precision, "input": INPUT,
+                                       "shapes": {k: list(v) for k, v in shp.items()}, "built_by": "build_engine.sh"})
     (bundle / "README.md").write_text(README.format(
         precision=precision, version=__version__, run=ctx.run.path.name, method=ctx.cfg.method,
         backbone=ctx.cfg.backbone.name, onnx=onnx_name, input=INPUT, shape=dims["opt"],
@@ -175,7 +188,6 @@ def write_bundle(ctx, precision: str, result: dict) -> tuple[Path, str]:
 
 def build_trt(ctx, precision: str) -> dict:
     """Gate the ONNX, write the bundle, then build the engine if TensorRT and a GPU are here."""
-    from .pipeline import sha256
 
     result = build_fp32(ctx)
     if result["status"] == "ok" and precision == "fp16":
@@ -208,8 +220,6 @@ def build_trt(ctx, precision: str) -> dict:
         result.update(status="failed", error=str(e), engine=None)
         return result
     engine.update(used, gpu=dev[0], compute_capability=dev[1], engine="model.engine")
-    from ..io import write_json
-
     write_json(bundle / "model.json", engine)  # beside model.engine, where `edgevp profile` checks it
     result["engine"] = engine
     return _engine_gate(ctx, bundle / "model.engine", shapes["opt"][0], result)

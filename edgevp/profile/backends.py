@@ -98,6 +98,8 @@ def prepare_torch(model, batch: int, input_size, device: str = "cpu", compile: b
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MissingError("PyTorch sees no CUDA GPU here", "profile with --device cpu, or on a machine with a GPU")
     model = model.eval().to(dev)
     if compile:
         if dev.type != "cuda":

@@ -44,8 +44,17 @@ def _measure(v: Variant, batch: int, warmup: int, iters: int, threads: int | Non
 
 
 def artifact_cost(path: str) -> dict:
-    """Size on disk, and MACs/params counted on the graph for ONNX files."""
-    info = {"bytes": Path(path).stat().st_size}
+    """Size and sha256 on disk, MACs/params counted on the graph for ONNX files, and for an engine the sha256 of the
+    ONNX it was built from (its sidecar's): what lets a profile taken on the device find its run again."""
+    from ..io import sha256_file
+
+    info = {"bytes": Path(path).stat().st_size, "sha256": sha256_file(path)}
+    side = Path(path).with_suffix(".json")
+    if path.endswith((".engine", ".plan")) and side.is_file():
+        try:
+            info["onnx_sha256"] = json.loads(side.read_text()).get("onnx_sha256")
+        except (OSError, ValueError):
+            pass
     if path.endswith(".onnx"):
         from .onnx_macs import graph_cost
 
@@ -62,7 +71,7 @@ def compare(variants: list[Variant], batches: list[int], rounds: int = 3, warmup
     for v in variants:
         if not Path(v.artifact.partition("#")[0]).exists():
             raise EdgevpError(f"artifact '{v.artifact}' not found")
-    costs = {v.name: ({} if v.backend == "torch" else artifact_cost(v.artifact)) for v in variants}
+    costs = {v.name: ({} if v.backend.startswith("torch") else artifact_cost(v.artifact)) for v in variants}
     rows, conditions = [], {}
     for b in batches:
         samples: dict[str, list[LatencyStats]] = {v.name: [] for v in variants}

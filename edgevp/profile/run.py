@@ -55,20 +55,20 @@ def _condensed_from(run: Path) -> Path | None:
     return Path(source["run"]) if source and source.get("run") else None
 
 
-def torch_run_variants(run: Path, device: str) -> list[Variant]:
+def torch_run_variants(run: Path, device: str, backend: str = "torch") -> list[Variant]:
     """A run in PyTorch against its uncompressed versions: the bare backbone, and the run it was condensed from."""
     from ..runs import RunDir
 
     manifest = RunDir(run).manifest()
     train_info = manifest.get("train_info") or {}
-    variants = [Variant("bare backbone", f"{run}#bare", "torch", device, {"macs": train_info.get("bare_macs")}),
-                Variant(f"{manifest.get('method')} (this run)", str(run), "torch", device,
+    variants = [Variant("bare backbone", f"{run}#bare", backend, device, {"macs": train_info.get("bare_macs")}),
+                Variant(f"{manifest.get('method')} (this run)", str(run), backend, device,
                         {"macs": train_info.get("macs"), "params": train_info.get("total_params"),
                          "role": "this run"})]
     source = (manifest.get("inputs") or {}).get("condensed_from")
     if source and Path(source["run"]).is_dir():
         info = RunDir(source["run"]).manifest().get("train_info") or {}
-        variants.insert(1, Variant("uncondensed source", source["run"], "torch", device,
+        variants.insert(1, Variant("uncondensed source", source["run"], backend, device,
                                    {"macs": info.get("macs"), "params": info.get("total_params")}))
     for v in variants:
         if v.info.get("macs") and variants[0].info.get("macs"):
@@ -78,12 +78,14 @@ def torch_run_variants(run: Path, device: str) -> list[Variant]:
 
 def profile_targets(target: Path, against: list[Path], backend: str, device: str, batches: list[int], warmup: int,
                     iters: int, rounds: int, threads: int | None, out: Path | None) -> tuple[dict, list[Path]]:
-    if backend not in ("ort", "trt", "trtexec", "torch"):
+    if backend not in ("ort", "trt", "trtexec", "torch", "torch-compile"):
         raise ConfigError(f"unknown backend '{backend}'", "choose ort, trt, trtexec or torch")
-    if backend == "torch" and not target.is_dir():
+    if backend.startswith("torch") and not target.is_dir():
         raise ConfigError("--backend torch profiles a run directory (PyTorch eager), not an artifact")
+    if backend == "torch-compile" and device != "cuda":
+        raise ConfigError("--compile times torch.compile on CUDA", "add --device cuda, or drop --compile on the CPU")
     if target.is_dir():
-        variants = (torch_run_variants(target, device) if backend == "torch"
+        variants = (torch_run_variants(target, device, backend) if backend.startswith("torch")
                     else run_variants(target, backend, device))
         out = out or target / "profile"
     else:

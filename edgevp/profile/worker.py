@@ -23,8 +23,8 @@ def measure_artifact(artifact: str, backend: str, batch: int, warmup: int, iters
         from .backends import prepare_trt
 
         call, sync, cond = prepare_trt(artifact, batch)
-    elif backend == "torch":  # a run directory: the prompted model, or its bare backbone ("RUN#bare")
-        call, sync, cond = prepare_run_torch(artifact, batch, device, threads)
+    elif backend in ("torch", "torch-compile"):  # a run directory: the prompted model, or its bare backbone ("RUN#bare")
+        call, sync, cond = prepare_run_torch(artifact, batch, device, threads, backend == "torch-compile")
     elif backend == "trtexec":
         from . import trtexec
 
@@ -49,8 +49,9 @@ def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
-def prepare_run_torch(spec: str, batch: int, device: str, threads: int | None):
-    """PyTorch eager on a run's model; `RUN#bare` times the same backbone and head with the prompts detached."""
+def prepare_run_torch(spec: str, batch: int, device: str, threads: int | None, compile: bool = False):
+    """PyTorch eager (or compiled, CUDA) on a run's model; `RUN#bare` times the same backbone and head with the
+    prompts detached."""
     from ..model import load_run
     from .backends import prepare_torch
 
@@ -58,7 +59,7 @@ def prepare_run_torch(spec: str, batch: int, device: str, threads: int | None):
     _, model, _ = load_run(run)
     if variant == "bare":
         model.detach_method()
-    return prepare_torch(model, batch, model.info.input_size, "cpu" if device == "cpu" else device, False, threads)
+    return prepare_torch(model, batch, model.info.input_size, "cpu" if device == "cpu" else device, compile, threads)
 
 
 def main(argv: list[str] | None = None) -> int:
