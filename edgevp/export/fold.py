@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..prompts.base import PromptedModel
+from ..prompts.e2vpt import attention_with_kv_prefix
 
 
 @dataclass
@@ -60,22 +61,7 @@ class KVConstAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
             raise NotImplementedError("constant key/value prompts with attention masks are not supported")
-        a = self.attn
-        B, N, C = x.shape
-        gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
-        q, k, v = a.qkv(x).reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = a.q_norm(q), a.k_norm(k)
-        k = torch.cat([self.pk.to(k.dtype).expand(B, -1, -1, -1), k], dim=2)
-        v = torch.cat([self.pv.to(v.dtype).expand(B, -1, -1, -1), v], dim=2)
-        if getattr(a, "fused_attn", False):
-            x = F.scaled_dot_product_attention(q, k, v)
-        else:
-            x = ((q * a.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-        x = x.transpose(1, 2).reshape(B, N, getattr(a, "attn_dim", C))
-        x = a.norm(x) if hasattr(a, "norm") else x
-        if gate is not None:
-            x = x * gate
-        return a.proj(x)
+        return attention_with_kv_prefix(self.attn, x, self.pk, self.pv)
 
 
 class ConstTokenBlock(nn.Module):

@@ -40,25 +40,29 @@ class KVPromptAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
             raise NotImplementedError("key-value prompts with attention masks are not supported")
-        a = self.attn
-        B, N, C = x.shape
-        gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
-        qkv = a.qkv(x).reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = a.q_norm(q), a.k_norm(k)
         pk, pv = self.owner.kv_prompt(self.layer)
-        k = torch.cat([pk.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1), k], dim=2)
-        v = torch.cat([pv.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1), v], dim=2)
-        if getattr(a, "fused_attn", False):
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=a.attn_drop.p if self.training else 0.0)
-        else:
-            attn = (q * a.scale) @ k.transpose(-2, -1)
-            x = a.attn_drop(attn.softmax(dim=-1)) @ v
-        x = x.transpose(1, 2).reshape(B, N, getattr(a, "attn_dim", C))
-        x = a.norm(x) if hasattr(a, "norm") else x
-        if gate is not None:
-            x = x * gate
-        return a.proj_drop(a.proj(x))
+        return attention_with_kv_prefix(self.attn, x, pk, pv, self.training)
+
+
+def attention_with_kv_prefix(a: nn.Module, x: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
+                             training: bool = False) -> torch.Tensor:
+    """timm Attention `a` on tokens `x` (B, N, C) with keys `pk` and values `pv` (heads, n, head_dim) in front of the
+    tokens' own keys and values; only the tokens query, so the output keeps N rows."""
+    B, N, C = x.shape
+    gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
+    q, k, v = a.qkv(x).reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = a.q_norm(q), a.k_norm(k)
+    k = torch.cat([pk.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1), k], dim=2)
+    v = torch.cat([pv.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1), v], dim=2)
+    if getattr(a, "fused_attn", False):
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=a.attn_drop.p if training else 0.0)
+    else:
+        x = a.attn_drop(((q * a.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+    x = x.transpose(1, 2).reshape(B, N, getattr(a, "attn_dim", C))
+    x = a.norm(x) if hasattr(a, "norm") else x
+    if gate is not None:
+        x = x * gate
+    return a.proj_drop(a.proj(x))
 
 
 @dataclass
