@@ -64,7 +64,9 @@ def _latency(run: Path, profiles: list[dict]) -> dict | None:
         if mine is not None:
             cond = res.get("conditions", {}).get(mine["variant"], {})
             machine = res.get("machine", {})
+            rounds = mine.get("ratio_p50_rounds") or []
             return {"p50_ms": mine["p50_ms"], "ratio": mine["ratio_p50"], "reference": res["reference"],
+                    "ratio_range": [min(rounds), max(rounds)] if rounds else None,
                     "macs": mine.get("macs"), "backend": cond.get("backend"),
                     "where": f"{cond.get('backend', '?')}, {machine.get('gpu') or machine.get('cpu') or '?'}"}
     return None
@@ -86,7 +88,8 @@ def summarize(run: Path, profiles: list[dict] | None = None) -> dict:
     lat = _latency(run, _profiles([run]) if profiles is None else profiles)
     if lat:
         row.update(latency_p50_ms=lat["p50_ms"], latency_ratio=lat["ratio"], latency_backend=lat["backend"],
-                   deployed_gmacs=lat["macs"] and lat["macs"] / 1e9, latency_on=lat["where"])
+                   deployed_gmacs=lat["macs"] and lat["macs"] / 1e9, latency_on=lat["where"],
+                   latency_ratio_range=lat["ratio_range"])
     return row
 
 
@@ -94,13 +97,14 @@ COLS = [("method", "method", "{}"), ("prompts_kept", "prompts kept", "{}"), ("tr
         ("gmacs", "GMACs (trained form)", "{:.3f}"), ("mac_ratio", "MACs vs bare", "{:.3f}"),
         ("deployed_gmacs", "GMACs deployed", "{:.3f}"),
         ("latency_p50_ms", "p50 ms", "{:.2f}"), ("latency_ratio", "p50 vs bare", "{:.3f}"),
+        ("latency_ratio_range", "per round", "{:.3f}–{:.3f}"),
         ("latency_on", "measured on", "{}"), ("test_top1", "top-1", "{:.2f}"), ("run", "run", "{}")]
 
 
 def table(rows: list[dict]) -> str:
     def cell(r, k, f):
         v = r.get(k)
-        return "n/a" if v is None else f.format(v)
+        return "n/a" if v is None else f.format(*v) if isinstance(v, list) else f.format(v)
 
     lines = ["| " + " | ".join(h for _, h, _ in COLS) + " |", "|" + "|".join("---" for _ in COLS) + "|"]
     lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in COLS) + " |" for r in rows]

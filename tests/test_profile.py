@@ -81,6 +81,8 @@ def test_profile_an_artifact_alone_via_cli(onnx_pair, tmp_path):
     assert [row["variant"] for row in result["rows"]] == ["bare", "vpt"]
     ref, var = result["rows"]
     assert ref["ratio_p50"] == 1.0 and var["ratio_macs"] > 1.0 and var["macs"] > ref["macs"]
+    assert ref["ratio_p50_rounds"] == [1.0, 1.0] and len(var["ratio_p50_rounds"]) == 2  # one ratio per round
+    assert "ratio per round" in (tmp_path / "p" / "profile.md").read_text()
     assert result["conditions"]["vpt"]["providers"] == ["CPUExecutionProvider"]
     assert result["conditions"]["vpt"]["threads"] == 1
     for ext in ("json", "csv", "md"):

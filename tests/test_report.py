@@ -27,7 +27,8 @@ def test_report_across_runs(tmp_path):
     (vpt / "profile" / "profile.json").write_text(json.dumps({
         "reference": "bare", "conditions": {"model": {"backend": "ort"}},
         "rows": [{"variant": "bare", "batch": 1, "p50_ms": 2.0, "ratio_p50": 1.0},
-                 {"variant": "model", "batch": 1, "p50_ms": 2.5, "ratio_p50": 1.25, "role": "this run"},
+                 {"variant": "model", "batch": 1, "p50_ms": 2.5, "ratio_p50": 1.25, "role": "this run",
+                  "ratio_p50_rounds": [1.3, 1.2, 1.25]},
                  # one profile may also measure another run's deployed artifact (the demo measures all in one)
                  {"variant": "lin (deployed)", "batch": 1, "p50_ms": 2.1, "ratio_p50": 1.05, "macs": 7e6,
                   "artifact": str(lin / "export" / "model.onnx")},
@@ -46,7 +47,7 @@ def test_report_across_runs(tmp_path):
               "keep_heatmap-pc.csv", "keep_heatmap-pc.png"):
         assert (out / f).stat().st_size > 0, f
     md = (out / "report.md").read_text()
-    assert "| vpt-pc | 12/24 |" in md and "(pareto.png)" in md
+    assert "| vpt-pc | 12/24 |" in md and "(pareto.png)" in md and "| 1.250 | 1.200–1.300 |" in md
 
 
 def test_report_of_a_non_run_fails_cleanly(tmp_path):

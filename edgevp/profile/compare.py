@@ -83,7 +83,10 @@ def compare(variants: list[Variant], batches: list[int], rounds: int = 3, warmup
         ref = median_of(samples[variants[0].name])
         for v in variants:
             s = median_of(samples[v.name])
+            # the ratio within each round (same machine state for both): its spread is the comparison's noise
+            per_round = [a.p50_ms / r.p50_ms for a, r in zip(samples[v.name], samples[variants[0].name])]
             row = {"variant": v.name, "artifact": v.artifact, "batch": b, **s.to_dict(), "ratio_p50": s.p50_ms / ref.p50_ms,
+                   "ratio_p50_rounds": per_round,
                    "rounds": rounds, "peak_rss_mib": conditions[v.name].get("peak_rss_mib"), **costs[v.name],
                    **v.info}
             ref_macs = costs[variants[0].name].get("macs")

@@ -11,6 +11,7 @@ from ..io import write_json, write_text
 COLUMNS = [("variant", "variant", "{}"), ("batch", "batch", "{}"), ("p50_ms", "p50 ms", "{:.2f}"),
            ("p90_ms", "p90 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"), ("mean_ms", "mean ms", "{:.2f}"),
            ("std_ms", "std ms", "{:.2f}"), ("throughput", "img/s", "{:.1f}"), ("ratio_p50", "p50 ratio", "{:.3f}"),
+           ("ratio_p50_rounds", "ratio per round", "{:.3f}–{:.3f}"),
            ("macs", "GMACs", "{:.4f}"), ("ratio_macs", "MAC ratio", "{:.3f}"), ("params", "params", "{:,}"),
            ("bytes", "size MB", "{:.2f}"), ("peak_rss_mib", "peak RSS MiB", "{:.0f}")]
 
@@ -23,6 +24,8 @@ def _cell(row: dict, key: str, fmt: str) -> str:
         v = v / 1e9
     if key == "bytes":
         v = v / 2**20
+    if key == "ratio_p50_rounds":
+        return fmt.format(min(v), max(v)) if v else "n/a"
     return fmt.format(v)
 
 
@@ -41,7 +44,7 @@ def write_results(out_dir: Path, result: dict, stem: str = "profile") -> list[Pa
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     w.writeheader()
     for r in result["rows"]:
-        w.writerow(r)
+        w.writerow({**r, "ratio_p50_rounds": " ".join(f"{x:.4f}" for x in r.get("ratio_p50_rounds") or [])})
     write_text(out_dir / f"{stem}.csv", buf.getvalue())
     write_text(out_dir / f"{stem}.md", markdown(result["rows"]) + "\n")
     return [out_dir / f"{stem}.{e}" for e in ("json", "csv", "md")]
