@@ -323,6 +323,11 @@ def export_(
     atol: Annotated[float, typer.Option(help="parity gate: max abs logit difference ORT vs PyTorch")] = 1e-4,
     max_drop: Annotated[float, typer.Option(help="fp16/int8 gate: allowed val top-1 drop vs fp32 (points)")] = 2.0,
     int8_mode: Annotated[str, typer.Option(help="ort-int8: static (QDQ, calibrated) | dynamic")] = "static",
+    calib_method: Annotated[str, typer.Option(help="static int8 activation ranges: minmax | percentile | entropy")]
+    = "minmax",
+    int8_ops: Annotated[str, typer.Option(help="static int8: all (ONNX Runtime's op set) | matmul (MatMul/Gemm/Conv "
+                                               "only)")] = "all",
+    gate_images: Annotated[int, typer.Option(help="validation images for the parity and accuracy gates")] = 64,
     trt_dynamic_batch: Annotated[bool, typer.Option(help="TensorRT: a dynamic batch profile (1..--trt-max-batch) "
                                                          "instead of a fixed batch-1 engine")] = False,
     trt_max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the dynamic profile")] = 8,
@@ -339,12 +344,14 @@ def export_(
     from .export.targets import get_target
 
     get_target(target)
-    if checkpoint not in ("best", "last") or int8_mode not in ("static", "dynamic") or trt_max_batch < 1:
-        _fail("--checkpoint takes best|last, --int8-mode static|dynamic, --trt-max-batch >= 1", 2)
+    if checkpoint not in ("best", "last") or int8_mode not in ("static", "dynamic") or trt_max_batch < 1 or \
+            gate_images < 1:
+        _fail("--checkpoint takes best|last, --int8-mode static|dynamic, --trt-max-batch and --gate-images >= 1", 2)
     sidecar = export_run(run, ExportOptions(
         target=target, opset=opset, out=out, dynamic_batch=dynamic_batch, include_preprocess=include_preprocess,
         exporter=exporter, simplify=simplify, which=checkpoint, atol=atol, max_top1_drop=max_drop,
-        int8_mode=int8_mode, trt_dynamic_batch=trt_dynamic_batch, trt_max_batch=trt_max_batch, with_references=with_references))
+        int8_mode=int8_mode, calib_method=calib_method, int8_ops=int8_ops, parity_images=gate_images,
+        trt_dynamic_batch=trt_dynamic_batch, trt_max_batch=trt_max_batch, with_references=with_references))
     p, acc, fold = sidecar["parity"], sidecar.get("accuracy_vs_fp32"), sidecar["fold"]
     extra = f", top-1 {acc['top1']:.2f} vs fp32 {acc['top1_fp32']:.2f}" if acc else ""
     typer.echo(f"done: {target} ({fold['pixel'] if fold['pixel'] != 'none' else fold['tokens']} fold), parity max "

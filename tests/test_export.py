@@ -135,8 +135,26 @@ def test_ort_fp16_and_int8_report_accuracy(runs, tmp_path):
                                                      max_top1_drop=100.0))
         assert side["int8"]["mode"] == mode and {"top1", "top1_fp32", "top1_agreement"} <= set(side["accuracy_vs_fp32"])
         assert side["int8"]["calibration_images"] == (64 if mode == "static" else 0)  # of 128 training images
-        assert op in {n.op_type for n in onnx.load(str(tmp_path / "model.int8.onnx")).graph.node}
+        nodes = onnx.load(str(tmp_path / "model.int8.onnx")).graph.node
+        assert op in {n.op_type for n in nodes}
+        if mode == "static":
+            static_quantize_nodes = sum(n.op_type == "QuantizeLinear" for n in nodes)
+            assert "LayerNormalization" in {n.op_type for n in nodes if any(
+                i.endswith("_DequantizeLinear_Output") for i in n.input)}  # the default quantises norm inputs too
     assert json.loads((tmp_path / "model.int8.json").read_text())["int8"]["mode"] == "dynamic"
+    r = runner.invoke(app, ["export", str(runs["vpt"]), "--target", "ort-int8", "-o", str(tmp_path / "mm"),
+                            "--calib-method", "percentile", "--int8-ops", "matmul", "--max-drop", "100",
+                            "--gate-images", "16"])
+    assert r.exit_code == 0, r.output
+    side = json.loads((tmp_path / "mm" / "model.int8.json").read_text())
+    assert side["int8"]["calib_method"] == "percentile" and side["int8"]["ops"] == "matmul"
+    assert side["accuracy_vs_fp32"]["images"] == 16
+    nodes = onnx.load(str(tmp_path / "mm" / "model.int8.onnx")).graph.node
+    consumers = {n.op_type for n in nodes if any(i.endswith("_DequantizeLinear_Output") for i in n.input)}
+    assert {"MatMul", "Gemm"} <= consumers and "LayerNormalization" not in consumers  # norms stay float
+    assert sum(n.op_type == "QuantizeLinear" for n in nodes) < static_quantize_nodes
+    r = runner.invoke(app, ["export", str(runs["vpt"]), "--target", "ort-int8", "--calib-method", "kl"])
+    assert r.exit_code == 2 and "--calib-method" in r.output
 
 
 def test_trt_without_tensorrt_writes_the_bundle_and_exits_4(runs, tmp_path, monkeypatch):

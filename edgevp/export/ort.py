@@ -36,9 +36,11 @@ def to_fp16(src, dst) -> None:
     onnx.save(model, str(dst))
 
 
-def to_int8(src, dst, calib: np.ndarray, mode: str = "static") -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+def to_int8(src, dst, calib: np.ndarray, mode: str = "static", method: str = "minmax", ops: str = "all") -> None:
+    """int8 ONNX: static QDQ (activation ranges from `calib` by `method`; `ops="matmul"` quantises only
+    MatMul/Gemm/Conv) or dynamic (weights only)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if mode == "dynamic":
@@ -56,8 +58,11 @@ def to_int8(src, dst, calib: np.ndarray, mode: str = "static") -> None:
 
     logging.disable(logging.WARNING)  # per-channel axis notes for every LayerNorm weight
     try:
+        calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                     "entropy": CalibrationMethod.Entropy}[method]
         quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, per_channel=True)
+                        weight_type=QuantType.QInt8, per_channel=True, calibrate_method=calibrate,
+                        op_types_to_quantize=["MatMul", "Gemm", "Conv"] if ops == "matmul" else None)
     finally:
         logging.disable(logging.NOTSET)
         pre.unlink(missing_ok=True)
@@ -101,7 +106,9 @@ def build_int8(ctx) -> dict:
     calib = None
     if ctx.opts.int8_mode == "static":
         calib = ctx.deploy_input(ctx.images("train", ctx.opts.calib_images)[0])
-    to_int8(ctx.work / "model.onnx", ctx.work / "model.int8.onnx", calib, ctx.opts.int8_mode)
+    to_int8(ctx.work / "model.onnx", ctx.work / "model.int8.onnx", calib, ctx.opts.int8_mode, ctx.opts.calib_method,
+            ctx.opts.int8_ops)
     result["int8"] = {"mode": ctx.opts.int8_mode, "format": "QDQ" if ctx.opts.int8_mode == "static" else "dynamic",
+                      "calib_method": ctx.opts.calib_method if calib is not None else None, "ops": ctx.opts.int8_ops,
                       "calibration_images": 0 if calib is None else len(calib)}
     return {**_accuracy_gate(ctx, "model.int8.onnx", result), "sidecar": "model.int8.json"}

@@ -36,6 +36,8 @@ class ExportOptions:
     max_top1_drop: float = 2.0  # fp16/int8: allowed val top-1 drop vs fp32, percentage points
     int8_mode: str = "static"  # static (QDQ, calibrated on training images) | dynamic
     calib_images: int = 64
+    calib_method: str = "minmax"  # static int8 activation ranges: minmax | percentile | entropy
+    int8_ops: str = "all"  # static int8: all (ORT's default op set) | matmul (MatMul/Gemm/Conv only)
     trt_dynamic_batch: bool = False  # TensorRT: dynamic batch profile instead of a fixed-shape engine
     trt_max_batch: int = 8
     with_references: bool = False  # onnx: also export bare.onnx and unfolded.onnx, the references profiling uses
@@ -137,6 +139,8 @@ def export_run(run_path: str | Path, opts: ExportOptions) -> dict:
                           f"choose one of {', '.join(map(str, target.opsets))}")
     if opts.exporter not in ("dynamo", "legacy") or opts.simplify not in ("auto", "onnxsim", "onnxslim", "none"):
         raise ConfigError("exporter takes dynamo|legacy and simplify auto|onnxsim|onnxslim|none")
+    if opts.calib_method not in ("minmax", "percentile", "entropy") or opts.int8_ops not in ("all", "matmul"):
+        raise ConfigError("--calib-method takes minmax|percentile|entropy and --int8-ops all|matmul")
     run = RunDir(run_path)
     run.manifest()
     cfg, model, header = load_run(run.path, opts.which)

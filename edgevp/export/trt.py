@@ -195,7 +195,8 @@ def build_trt(ctx, precision: str) -> dict:
         result = _accuracy_gate(ctx, "model.fp16.onnx", result)
     elif result["status"] == "ok" and precision == "int8":
         calib = ctx.deploy_input(ctx.images("train", ctx.opts.calib_images)[0])
-        to_int8(ctx.work / "model.onnx", ctx.work / "model.int8.onnx", calib, "static")
+        to_int8(ctx.work / "model.onnx", ctx.work / "model.int8.onnx", calib, "static", ctx.opts.calib_method,
+                ctx.opts.int8_ops)
         result = _accuracy_gate(ctx, "model.int8.onnx", result)
     bundle, onnx_name = write_bundle(ctx, precision, result)
     result.pop("sha256", None)
