@@ -354,7 +354,7 @@ def export_(
         trt_dynamic_batch=trt_dynamic_batch, trt_max_batch=trt_max_batch, with_references=with_references))
     p, acc, fold = sidecar["parity"], sidecar.get("accuracy_vs_fp32"), sidecar["fold"]
     extra = f", top-1 {acc['top1']:.2f} vs fp32 {acc['top1_fp32']:.2f}" if acc else ""
-    typer.echo(f"done: {target} ({fold['pixel'] if fold['pixel'] != 'none' else fold['tokens']} fold), parity max "
+    typer.echo(f"done: {target} ({fold['kind']} fold), parity max "
                f"abs {p['max_abs']:.2e}, top-1 agreement {p['top1_agreement']:.3f}{extra} -> "
                f"{', '.join(sidecar['files'])} in {out or run / 'export'}")
 

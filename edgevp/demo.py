@@ -81,7 +81,7 @@ def export_and_profile(root: Path, runs: list[Path], rep: Reporter) -> None:
     for run in runs:
         side = export_run(run, ExportOptions(with_references=run == condensed))
         fold, par = side["fold"], side["parity"]
-        kind = fold["pixel"] if fold["pixel"] != "none" else fold["tokens"]
+        kind = fold["kind"]
         how = {"pos_embed": "LoR-VP prompt folded into pos_embed", "kv": "prompts folded into per-layer K/V",
                "none": "nothing to fold"}.get(kind, f"{kind} fold")
         labels[run] = f"{run.name} ({'deployed' if kind == 'none' else 'folded'})"

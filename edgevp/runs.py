@@ -36,15 +36,22 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def environment() -> dict[str, Any]:
+def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of `packages` (absent ones are left out)."""
     from importlib import metadata
 
     versions = {}
-    for pkg in ("torch", "timm", "torchvision", "safetensors", "numpy", "onnx", "onnxruntime", "tensorrt"):
+    for pkg in packages:
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
+    return versions
+
+
+def environment() -> dict[str, Any]:
+    versions = package_versions(("torch", "timm", "torchvision", "safetensors", "numpy", "onnx", "onnxruntime",
+                                 "tensorrt"))
     env = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": platform.processor() or
            platform.machine(), "torch_threads": torch.get_num_threads(), "packages": versions}
     if torch.cuda.is_available():

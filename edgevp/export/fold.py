@@ -45,8 +45,13 @@ class FoldReport:
     fixed_img_size: bool = False  # a dynamic-size timm ViT was turned into its fixed-size form
     include_preprocess: bool = True
 
+    @property
+    def kind(self) -> str:
+        """What carries the prompts in the deploy form: the pixel fold if any, else the token fold ('none' for none)."""
+        return self.pixel if self.pixel != "none" else self.tokens
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "kind": self.kind}
 
 
 class KVConstAttention(nn.Module):

@@ -7,7 +7,6 @@ One self-contained `.onnx` file (weights inside, never external data: models her
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import io
 import json
 import warnings
@@ -122,21 +121,17 @@ def torch_logits(model, x: np.ndarray, batch: int = 32) -> np.ndarray:
 
 def metadata(ctx, produced: dict) -> dict[str, str]:
     from .. import __version__
-    from ..io import sha256_file as sha256
+    from ..runs import package_versions
 
     info = ctx.model.info
     data = {"input_size": list(info.input_size), "mean": list(info.mean), "std": list(info.std),
             "include_preprocess": ctx.opts.include_preprocess, "input_range": "[0, 1]" if
             ctx.opts.include_preprocess else "normalised with mean/std", "timm_data_config": info.data_config}
-    versions = {}
-    for pkg in ("torch", "timm", "onnx", "onnxruntime", "onnxsim"):
-        try:
-            versions[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return {"edgevp_version": __version__, "versions": json.dumps(versions), "method": ctx.cfg.method, "backbone": ctx.cfg.backbone.name,
-            "class_names": json.dumps(ctx.classes()), "data_config": json.dumps(data, default=str),
-            "source_run": ctx.run.path.name, "source_checkpoint_sha256": sha256(ctx.run.checkpoint(ctx.opts.which)),
+    versions = package_versions(("torch", "timm", "onnx", "onnxruntime", "onnxsim"))
+    return {"edgevp_version": __version__, "versions": json.dumps(versions), "method": ctx.cfg.method,
+            "backbone": ctx.cfg.backbone.name, "class_names": json.dumps(ctx.classes()),
+            "data_config": json.dumps(data, default=str), "source_run": ctx.run.path.name,
+            "source_checkpoint_sha256": ctx.checkpoint_sha256,
             "fold": json.dumps(ctx.fold.to_dict()), "exporter": produced["exporter"], "opset": str(produced["opset"])}
 
 
@@ -160,7 +155,7 @@ def build_fp32(ctx, name: str = "model.onnx") -> dict:
     parity["top1_torch"] = float((ref.argmax(1) == y).mean() * 100)
     parity["top1_onnx"] = float((got.argmax(1) == y).mean() * 100)
     ok = parity["max_abs"] <= opts.atol and parity["top1_agreement"] >= opts.min_top1_agreement
-    ctx.info.update(fp32=path, val=(x, y), ref=ref, fp32_logits=got)
+    ctx.info.update(val=(x, y), fp32_logits=got)
     error = None if ok else (f"ORT vs PyTorch max abs {parity['max_abs']:.3g} (tolerance {opts.atol:g}), top-1 "
                              f"agreement {parity['top1_agreement']:.3f} (min {opts.min_top1_agreement:g})")
     return {"status": "ok" if ok else "failed", "error": error, "files": [name], "onnx": {

@@ -68,23 +68,30 @@ def to_int8(src, dst, calib: np.ndarray, mode: str = "static", method: str = "mi
         pre.unlink(missing_ok=True)
 
 
-def _accuracy_gate(ctx, name: str, result: dict) -> dict:
-    """Evaluate `name` against the fp32 ONNX on the val images; update `result` with the report and status."""
-    from ..io import sha256_file as sha256
-
-    x, y = ctx.info["val"]
+def gate_vs_fp32(ctx, got: np.ndarray, result: dict, key: str = "accuracy_vs_fp32", what: str = "val top-1") -> dict:
+    """Compare logits `got` on the val images with the fp32 ONNX's: record the report under `result[key]` and mark
+    `result` failed when the val top-1 drops by more than `max_top1_drop` points."""
+    _, y = ctx.info["val"]
     fp32 = ctx.info["fp32_logits"]
-    got = run_ort(session(ctx.work / name), ctx.deploy_input(x), 8 if ctx.opts.dynamic_batch else 1)
     rep = compare(fp32, got)
     rep.update(top1_fp32=float((fp32.argmax(1) == y).mean() * 100), top1=float((got.argmax(1) == y).mean() * 100))
     rep["top1_drop"] = rep["top1_fp32"] - rep["top1"]
-    result["accuracy_vs_fp32"] = rep
+    result[key] = rep
+    if result["status"] == "ok" and rep["top1_drop"] > ctx.opts.max_top1_drop:
+        result.update(status="failed", error=f"{what} drops {rep['top1_drop']:.2f} points vs fp32 "
+                                             f"(max {ctx.opts.max_top1_drop:g})")
+    return result
+
+
+def _accuracy_gate(ctx, name: str, result: dict) -> dict:
+    """Evaluate ONNX file `name` against the fp32 ONNX on the val images; it becomes the target's only file."""
+    from ..io import sha256_file as sha256
+
+    x, _ = ctx.info["val"]
+    got = run_ort(session(ctx.work / name), ctx.deploy_input(x), 8 if ctx.opts.dynamic_batch else 1)
     result["files"] = [name]  # the fp32 file is the `onnx` target's artifact; it stays out of this one
     result["sha256"] = {n: sha256(ctx.work / n) for n in result["files"]}
-    if result["status"] == "ok" and rep["top1_drop"] > ctx.opts.max_top1_drop:
-        result["status"] = "failed"
-        result["error"] = f"val top-1 drops {rep['top1_drop']:.2f} points vs fp32 (max {ctx.opts.max_top1_drop:g})"
-    return result
+    return gate_vs_fp32(ctx, got, result)
 
 
 @register_target("ort-fp16", help="fp16 ONNX (LayerNorm/Softmax in fp32) for ONNX Runtime / TensorRT strong typing")

@@ -56,6 +56,7 @@ class ExportContext:
     opts: ExportOptions
     out: Path  # final output directory
     work: Path  # staging directory (inside `out`)
+    checkpoint_sha256: str = ""
     _splits: Any = None
     info: dict = field(default_factory=dict)  # filled by targets, e.g. the fp32 ONNX they built
 
@@ -150,11 +151,11 @@ def export_run(run_path: str | Path, opts: ExportOptions) -> dict:
     fold = deploy.report
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
-        ctx = ExportContext(run, cfg, model, deploy, fold, header, opts, out, work)
+        ctx = ExportContext(run, cfg, model, deploy, fold, header, opts, out, work, sha256(run.checkpoint(opts.which)))
         result = target.build(ctx)
         status = result.get("status", "ok")
         sidecar = {"status": status, "target": target.name, "created_at": now(), "source_run": run.path.name,
-                   "source_checkpoint": opts.which, "source_checkpoint_sha256": sha256(run.checkpoint(opts.which)),
+                   "source_checkpoint": opts.which, "source_checkpoint_sha256": ctx.checkpoint_sha256,
                    "method": cfg.method, "backbone": cfg.backbone.name, "options": _jsonable(asdict(opts)),
                    "fold": fold.to_dict(), **{k: v for k, v in result.items() if k != "files"}}
         sidecar["files"] = _install(work, out, result["files"], failed=status == "failed")

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import MissingError, VerificationError
 from ..io import sha256_file as sha256, write_json
 from .onnx import INPUT, build_fp32
-from .ort import _accuracy_gate, to_fp16, to_int8
+from .ort import _accuracy_gate, gate_vs_fp32, to_fp16, to_int8
 from .targets import register_target
 
 WORKSPACE = 1 << 30  # 1 GiB: memory is shared with the CPU on 8 GB Jetsons
@@ -228,19 +228,9 @@ def build_trt(ctx, precision: str) -> dict:
 
 def _engine_gate(ctx, engine_path: Path, batch: int, result: dict) -> dict:
     """Check the engine's logits on the validation images against the ORT fp32 logits (as the ONNX gates do)."""
-    from .onnx import compare
-
-    x, y = ctx.info["val"]
-    fp32 = ctx.info["fp32_logits"]
+    x, _ = ctx.info["val"]
     got = engine_logits(engine_path, ctx.deploy_input(x), batch)
-    rep = compare(fp32, got)
-    rep.update(top1_fp32=float((fp32.argmax(1) == y).mean() * 100), top1=float((got.argmax(1) == y).mean() * 100))
-    rep["top1_drop"] = rep["top1_fp32"] - rep["top1"]
-    result["engine_vs_fp32"] = rep
-    if rep["top1_drop"] > ctx.opts.max_top1_drop:
-        result.update(status="failed", error=f"the TensorRT engine's val top-1 drops {rep['top1_drop']:.2f} points "
-                                             f"vs the fp32 ONNX (max {ctx.opts.max_top1_drop:g})")
-    return result
+    return gate_vs_fp32(ctx, got, result, key="engine_vs_fp32", what="the TensorRT engine's val top-1")
 
 
 @register_target("trt-fp32", help="TensorRT fp32 engine (or a device bundle to build it on the device)")

@@ -65,10 +65,10 @@ def torch_run_variants(run: Path, device: str, backend: str = "torch") -> list[V
                 Variant(f"{manifest.get('method')} (this run)", str(run), backend, device,
                         {"macs": train_info.get("macs"), "params": train_info.get("total_params"),
                          "role": "this run"})]
-    source = (manifest.get("inputs") or {}).get("condensed_from")
-    if source and Path(source["run"]).is_dir():
-        info = RunDir(source["run"]).manifest().get("train_info") or {}
-        variants.insert(1, Variant("uncondensed source", source["run"], backend, device,
+    source = _condensed_from(run)
+    if source is not None and source.is_dir():
+        info = RunDir(source).manifest().get("train_info") or {}
+        variants.insert(1, Variant("uncondensed source", str(source), backend, device,
                                    {"macs": info.get("macs"), "params": info.get("total_params")}))
     for v in variants:
         if v.info.get("macs") and variants[0].info.get("macs"):
