@@ -11,7 +11,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _API = {
-    "build_run_config": "edgevp.config",
+    "build_run_config": "edgevp.recipe",
     "RunConfig": "edgevp.config",
     "create_backbone": "edgevp.backbone",
     "build_model": "edgevp.model",

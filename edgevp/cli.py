@@ -91,7 +91,8 @@ def train(
     print_config: Annotated[bool, typer.Option("--print-config", help="print the resolved config and exit")] = False,
 ) -> None:
     """Train a prompt method (+ head) on a frozen backbone from a YAML recipe."""
-    from .config import build_run_config, load_yaml, run_config_to_yaml
+    from .config import load_yaml, run_config_to_yaml
+    from .recipe import build_run_config
     from .console import Reporter
     from .train import fit
 
@@ -120,6 +121,13 @@ def _fraction(text: str | None, name: str) -> float | None:
         return float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
         _fail(f"{name} takes a number or a percentage like 5%, got '{text}'", 2)
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"{name} takes comma-separated integers, got '{text}'", 2)
 
 
 @app.command(epilog="Examples: `edgevp condense runs/vpt --keep 0.3` · `edgevp condense runs/vpt --max-overhead 5%` · "
@@ -159,27 +167,17 @@ def condense(
 
     if method not in ("pc", "e2vpt"):
         _fail(f"unknown condense method '{method}'; choose pc or e2vpt", 2)
-    if ranking not in ("global", "layer", "random") or score not in ("abs_batch", "abs_mean", "signed_mean"):
-        _fail("--ranking takes global|layer|random and --score abs_batch|abs_mean|signed_mean", 2)
+    common = dict(score=score, score_batches=score_batches, finetune_epochs=finetune_epochs, lr=lr, seed=seed)
+    if method == "pc":
+        opts = PCOptions(keep=_fraction(keep, "--keep"), keep_count=keep_count,
+                         max_overhead=_fraction(max_overhead, "--max-overhead"), ranking=ranking, **common)
+    else:
+        opts = E2VPTPruneOptions(token_budgets=_int_list(token_budgets, "--token-budgets"),
+                                 segment_budgets=_int_list(segment_budgets, "--segment-budgets"), grid=grid,
+                                 rewind=rewind, **common)
     out = out or run.parent / f"{run.name}-{method}"
     rep = Reporter(quiet=_state["quiet"])
-    if method == "pc":
-        frac = _fraction(keep, "--keep")
-        opts = PCOptions(keep=frac if frac is not None or keep_count or max_overhead else 0.3, keep_count=keep_count,
-                         max_overhead=_fraction(max_overhead, "--max-overhead"), ranking=ranking, score=score,
-                         score_batches=score_batches, finetune_epochs=finetune_epochs, lr=lr, seed=seed)
-        report = condense_pc(run, out, opts, rep)
-    else:
-        try:
-            tok = [int(v) for v in token_budgets.split(",") if v.strip()]
-            seg = [int(v) for v in segment_budgets.split(",") if v.strip()]
-        except ValueError:
-            _fail("--token-budgets and --segment-budgets take comma-separated integers", 2)
-        if grid not in ("search", "full") or rewind not in ("init", "random"):
-            _fail("--grid takes search|full and --rewind init|random", 2)
-        report = condense_e2vpt(run, out, E2VPTPruneOptions(
-            token_pct=tok, segments=seg, full_grid=grid == "full", rewind=rewind, score=score,
-            score_batches=score_batches, finetune_epochs=finetune_epochs, lr=lr, seed=seed), rep)
+    report = condense_pc(run, out, opts, rep) if method == "pc" else condense_e2vpt(run, out, opts, rep)
     after = report["top1_after_finetune"]
     test = "n/a" if after["test"] is None else f"{after['test']:.2f}"
     typer.echo(f"done: kept {report['kept']}/{report['total']} prompts, MACs {report['macs']['before'] / 1e9:.3f}G -> "
@@ -254,12 +252,10 @@ def list_(
 ) -> None:
     """List prompt methods, export targets, timm models, datasets or exit codes."""
     if what == "methods":
-        from .registry import get_method, list_methods
+        from .registry import method_specs
 
-        for name in list_methods():
-            cls = get_method(name)
-            doc = (cls.__doc__ or "").strip().splitlines()[0]
-            typer.echo(f"{name:8s} {'ViT only' if cls.needs_vit else 'any model':9s}  {doc}")
+        for spec in method_specs():
+            typer.echo(f"{spec.name:8s} {'ViT only' if spec.config_cls.needs_vit else 'any model':9s}  {spec.summary}")
     elif what == "targets":
         from .export.targets import get_target, list_targets
 
@@ -341,16 +337,11 @@ def export_(
     GPU is missing (the device bundle is written) · 2 bad option or unwritable output · 6 incomplete run directory.
     """
     from .export.pipeline import ExportOptions, export_run
-    from .export.targets import get_target
 
-    get_target(target)
-    if checkpoint not in ("best", "last") or int8_mode not in ("static", "dynamic") or trt_max_batch < 1 or \
-            gate_images < 1:
-        _fail("--checkpoint takes best|last, --int8-mode static|dynamic, --trt-max-batch and --gate-images >= 1", 2)
     sidecar = export_run(run, ExportOptions(
         target=target, opset=opset, out=out, dynamic_batch=dynamic_batch, include_preprocess=include_preprocess,
-        exporter=exporter, simplify=simplify, which=checkpoint, atol=atol, max_top1_drop=max_drop,
-        int8_mode=int8_mode, calib_method=calib_method, int8_ops=int8_ops, parity_images=gate_images,
+        exporter=exporter, simplify=simplify, checkpoint=checkpoint, atol=atol, max_drop=max_drop,
+        int8_mode=int8_mode, calib_method=calib_method, int8_ops=int8_ops, gate_images=gate_images,
         trt_dynamic_batch=trt_dynamic_batch, trt_max_batch=trt_max_batch, with_references=with_references))
     p, acc, fold = sidecar["parity"], sidecar.get("accuracy_vs_fp32"), sidecar["fold"]
     extra = f", top-1 {acc['top1']:.2f} vs fp32 {acc['top1_fp32']:.2f}" if acc else ""

@@ -1,21 +1,31 @@
 """Run configuration: dataclasses that are at once the recipe schema, the `-s key=value` target and the saved record.
 
-Precedence: dataclass defaults < recipe YAML < `-s/--set a.b=c` overrides. Every key is type-checked; unknown keys
-are errors with a suggestion. The method-specific `prompt` section takes its schema from the method registry.
+Precedence: dataclass defaults < recipe YAML < `-s/--set a.b=c` overrides. Every key is type-checked and every
+value range-checked by the dataclass itself (`__post_init__`); unknown keys are errors with a suggestion. The
+method-specific `prompt` section takes its schema from the method registry (`edgevp.recipe.build_run_config`).
+This module imports neither torch nor the registry.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
 from .errors import ConfigError
+
+
+def check(condition: bool, message: str) -> None:
+    """Validation inside a config's `__post_init__`: a false condition is a ValueError that `from_dict` reports as
+    one ConfigError line prefixed with the section."""
+    if not condition:
+        raise ValueError(message)
 
 
 @dataclass
@@ -52,6 +62,15 @@ class DataConfig:
     eval_batch_size: int | None = None
     num_workers: int = 0
 
+    def __post_init__(self):
+        check(0.0 <= self.val_fraction < 1.0 and 0.0 <= self.test_fraction < 1.0,
+              "val_fraction and test_fraction must be in [0, 1)")
+        check(self.batch_size >= 1 and (self.eval_batch_size is None or self.eval_batch_size >= 1),
+              "batch_size and eval_batch_size must be >= 1")
+        check(all(v is None or v >= 1 for v in (self.limit_train, self.limit_val, self.limit_test)),
+              "limit_train/limit_val/limit_test must be >= 1 (or null for all)")
+        check(self.num_workers >= 0, "num_workers must be >= 0")
+
 
 @dataclass
 class TrainConfig:
@@ -77,10 +96,26 @@ class TrainConfig:
     head_init: Literal["trunc_normal", "zeros", "vpt"] = field(
         default="trunc_normal", metadata={"help": "new head init; vpt = kaiming-normal(fan_out), bias -log(99)"})
 
+    def __post_init__(self):
+        check(self.epochs >= 0, "epochs must be >= 0")
+        check(self.lr > 0 and self.min_lr >= 0, "lr must be > 0 and min_lr >= 0")
+        check(self.weight_decay >= 0 and self.momentum >= 0, "weight_decay and momentum must be >= 0")
+        check(self.warmup_epochs >= 0, "warmup_epochs must be >= 0")
+        check(self.grad_clip is None or self.grad_clip > 0, "grad_clip must be > 0 (or null for off)")
+        check(0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)")
+        check(self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1")
+        check(self.ckpt_every_steps >= 0, "ckpt_every_steps must be >= 0")
+        check(self.threads is None or self.threads >= 1, "threads must be >= 1 (or null)")
+        check(self.device == "auto" or self.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", self.device) is not None,
+              f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
 
 @dataclass
 class PromptConfig:
-    """Base of every method's config (the `prompt` section of a recipe)."""
+    """Base of every method's config (the `prompt` section of a recipe). The docstring of a subclass is its method's
+    one-line summary; `needs_vit` says whether the method needs a timm VisionTransformer."""
+
+    needs_vit: ClassVar[bool] = False
 
 
 @dataclass
@@ -97,6 +132,16 @@ class RunConfig:
 
 # ----------------------------------------------------------------------------------------------------------------
 # dict <-> dataclass with type checking
+
+
+def check_options(obj: Any) -> None:
+    """Validate an options dataclass against its annotations: every `Literal` field holds one of its values, every
+    `int`/`float`/`bool` field a value of that type. Raises ConfigError naming the field by its API and its CLI name
+    (they are the same words: `calib_method` is `--calib-method`) and the allowed values."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key = f"{f.name} / --{f.name.replace('_', '-')}"
+        setattr(obj, f.name, _coerce(getattr(obj, f.name), hints[f.name], key))
 
 
 def _type_name(tp: Any) -> str:
@@ -153,6 +198,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise ConfigError(f"{key}: expected a path, got {value!r}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
@@ -232,24 +281,6 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"recipe '{path}' must be a mapping of sections (backbone, data, train, prompt, method)")
     return data
-
-
-def build_run_config(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Resolve defaults < `data` < overrides into a checked RunConfig (the prompt schema comes from the method)."""
-    from .registry import get_method
-
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (data or {}).items()}
-    for item in overrides:
-        path, value = parse_override(item)
-        set_nested(data, path, value)
-    method = data.get("method", RunConfig.method)
-    if not isinstance(method, str):
-        raise ConfigError(f"method: expected a string, got {method!r}")
-    method_cls = get_method(method)
-    prompt = from_dict(method_cls.config_cls, data.pop("prompt", None), "prompt")
-    cfg = from_dict(RunConfig, data)
-    cfg.prompt = prompt
-    return cfg
 
 
 def run_config_to_yaml(cfg: RunConfig) -> str:

@@ -256,6 +256,19 @@ def load_splits(cfg: DataConfig) -> Splits:
     return Splits(train, val, test, train.classes, source)
 
 
+def backbone_transform(cfg: DataConfig, info) -> ImageTransform:
+    """The resize (+ augmentation) to the backbone's input size, from its own data config (`BackboneInfo`)."""
+    return ImageTransform(size=info.input_size[-1], interpolation=info.interpolation, resize=cfg.resize,
+                          crop_pct=info.crop_pct, augment=cfg.augment)
+
+
+def load_data(cfg: DataConfig, info) -> Splits:
+    """A run's data splits, transformed to what backbone `info` (a `BackboneInfo`) takes."""
+    splits = load_splits(cfg)
+    splits.set_transform(backbone_transform(cfg, info), cfg.split_seed)
+    return splits
+
+
 class EpochSampler(Sampler[int]):
     """A permutation fixed by (seed, epoch), optionally skipping the first `skip` indices (mid-epoch resume)."""
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-from .config import build_run_config, load_yaml
+from .config import load_yaml
 from .console import Reporter
 from .errors import ConfigError
 from .io import write_json, write_text
+from .recipe import build_run_config
 from .runs import RunDir
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "dinov2_fmnist"

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig, build_run_config, load_yaml, run_config_to_yaml, to_dict
+from .config import RunConfig, load_yaml, run_config_to_yaml, to_dict
 from .errors import IncompatibleError
 from .io import atomic_path, read_json, write_json, write_text
+from .recipe import build_run_config
 
 SCHEMA_VERSION = 1
 CHECKPOINT_FORMAT = "edgevp-prompt-v1"

@@ -1,4 +1,4 @@
-"""Training: `fit` runs epochs of `train_one_epoch` + `evaluate`, checkpointing so that an interrupted run resumes
+"""Training: `fit` runs the training loop with `evaluate` after each epoch, checkpointing so that an interrupted run resumes
 to the same result (data order, augmentation and dropout are all functions of the seed and the step)."""
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from .config import RunConfig, TrainConfig
 from .console import Reporter
 from .cost import vit_macs
-from .data import EpochSampler, ImageTransform, Splits, load_splits, make_loader
-from .errors import EXIT_INTERRUPTED, DivergedError, EdgevpError, IncompatibleError, MissingError
+from .data import EpochSampler, Splits, backbone_transform, load_splits, make_loader
+from .errors import EXIT_INTERRUPTED, DivergedError, EdgevpError, IncompatibleError
+from .evaluation import autocast, evaluate, resolve_device
 from .io import append_jsonl, write_text
 from .model import build_model
 from .prompts.base import PromptedModel
@@ -45,14 +46,6 @@ class TrainResult:
     train_seconds: float
     params: dict[str, int]
     macs: int | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MissingError(f"train.device={name} but no CUDA GPU is available", "use train.device=cpu or auto")
-    return torch.device(name)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -82,33 +75,6 @@ def make_optimizer(model: PromptedModel, cfg: TrainConfig) -> torch.optim.Optimi
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if device.type != "cuda" or not enabled:
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-@torch.no_grad()
-def evaluate(model: PromptedModel, loader, device: torch.device, amp: bool = False) -> dict[str, float]:
-    """Loss, top-1 and top-5 (%) over a loader."""
-    model.eval()
-    loss_sum, top1, top5, n = 0.0, 0, 0, 0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        k = min(5, logits.shape[1])
-        pred = logits.topk(k, dim=1).indices
-        top1 += (pred[:, 0] == y).sum().item()
-        top5 += (pred == y[:, None]).any(dim=1).sum().item()
-        n += len(y)
-    n = max(n, 1)
-    return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
 
 
 class _StopFlag:
@@ -146,22 +112,6 @@ def _peak_mem_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def load_data(cfg: RunConfig, info) -> Splits:
-    """The run's data splits, with the transform from the backbone's own data config."""
-    splits = load_splits(cfg.data)
-    splits.set_transform(ImageTransform(size=info.input_size[-1], interpolation=info.interpolation,
-                                        resize=cfg.data.resize, crop_pct=info.crop_pct, augment=cfg.data.augment),
-                         cfg.data.split_seed)
-    return splits
-
-
-def prepare(cfg: RunConfig) -> tuple[Splits, PromptedModel]:
-    """Load the data splits and build the model."""
-    splits = load_splits(cfg.data)
-    model = build_model(cfg, len(splits.classes))
-    return load_data(cfg, model.info), model
-
-
 def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None = None, *, runs_root: str = "runs",
         command: list[str] | None = None, recipe_sha256: str | None = None, reporter: Reporter | None = None,
         stop_after_steps: int | None = None, init_state: dict[str, torch.Tensor] | None = None,
@@ -191,7 +141,9 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None
         torch.set_num_threads(tcfg.threads)
     device = resolve_device(tcfg.device)
     seed_everything(tcfg.seed, tcfg.deterministic)
-    splits, model = prepare(cfg)
+    splits = load_splits(cfg.data)  # read once; the transform needs the backbone's data config
+    model = build_model(cfg, len(splits.classes))
+    splits.set_transform(backbone_transform(cfg.data, model.info), cfg.data.split_seed)
     if init_state is not None and state is None:
         model.load_trainable_state(init_state)
     model.to(device)
@@ -260,7 +212,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None
                     for g in optimizer.param_groups:
                         g["lr"] = lr
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with _autocast(device, tcfg.amp):
+                    with autocast(device, tcfg.amp):
                         logits = model(x)
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=tcfg.label_smoothing)
                     if not torch.isfinite(loss):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgevp.config import build_run_config
+from edgevp.recipe import build_run_config
 from edgevp.model import build_model
 
 RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")

@@ -9,15 +9,16 @@ import torch
 from typer.testing import CliRunner
 
 from edgevp.cli import app
-from edgevp.condense.e2vpt_prune import E2VPTPruneOptions, condense_e2vpt, prune_plan, segment_budgets, token_budgets
-from edgevp.condense.pc import PCOptions, condense_pc, condensed_config, condensed_state
+from edgevp.condense.e2vpt_prune import E2VPTPruneOptions, condense_e2vpt, prune_plan, segment_prune_counts, token_prune_counts
+from edgevp.condense.pc import PCOptions, condense_pc, condensed_state, finetune_config
 from edgevp.condense.scores import gate_scores, mask_scores
 from edgevp.condense.select import count_for_budget, global_order, keep_masks
 from edgevp.cost import vit_macs
 from edgevp.data import make_loader
 from edgevp.model import build_model, load_run
 from edgevp.runs import RunDir
-from edgevp.train import fit, load_data
+from edgevp.data import load_data
+from edgevp.train import fit
 
 from .conftest import tiny_config
 
@@ -76,7 +77,7 @@ def test_budget_picks_the_largest_k_that_fits():
 def test_scores_are_reproducible_and_per_prompt(vpt_run):
     _, model, _ = load_run(vpt_run)
     cfg = RunDir(vpt_run).config()
-    splits = load_data(cfg, model.info)
+    splits = load_data(cfg.data, model.info)
     splits.train.train = False
     a = gate_scores(model, make_loader(splits.train, 32), max_batches=2)
     b = gate_scores(model, make_loader(splits.train, 32), max_batches=2)
@@ -90,14 +91,21 @@ def test_scores_are_reproducible_and_per_prompt(vpt_run):
     torch.testing.assert_close(gate_scores(model, [(x, y)])[3], (p * p.grad).sum(1).abs().detach())
 
 
+def _condensed(model, cfg, masks):
+    """The model the method's `keep_units` hook describes, with the kept tensors loaded."""
+    prompt_cfg, method_state = model.method.keep_units(masks)
+    small = build_model(finetune_config(cfg, prompt_cfg, 1, None, 0.0), 10)
+    small.load_trainable_state(condensed_state(model, method_state))
+    return small
+
+
 def test_condensing_removes_prompts_parameters_and_macs(vpt_run, tmp_path):
     _, model, _ = load_run(vpt_run)
     cfg = RunDir(vpt_run).config()
     masks = [torch.tensor([True, False, True, False, False])] + [torch.zeros(5, dtype=torch.bool)] * 4 + \
             [torch.ones(5, dtype=torch.bool)]
     counts = [int(m.sum()) for m in masks]
-    small = build_model(condensed_config(cfg, counts, 1, None), 10)
-    small.load_trainable_state(condensed_state(model, masks))
+    small = _condensed(model, cfg, masks)
     assert [tuple(p.shape) for p in small.method.prompts] == [(c, D) for c in counts]
     assert small.param_summary()["prompt"] == 7 * D == model.param_summary()["prompt"] - 23 * D
     assert torch.equal(small.method.prompts[0], model.method.prompts[0][[0, 2]])
@@ -110,8 +118,7 @@ def test_keep_everything_changes_nothing(vpt_run, digits_batch):
     _, model, _ = load_run(vpt_run)
     cfg = RunDir(vpt_run).config()
     masks = [torch.ones(5, dtype=torch.bool)] * DEPTH
-    same = build_model(condensed_config(cfg, [5] * DEPTH, 1, None), 10).eval()
-    same.load_trainable_state(condensed_state(model, masks))
+    same = _condensed(model, cfg, masks).eval()
     with torch.no_grad():
         assert torch.equal(same(digits_batch), model(digits_batch))
 
@@ -141,8 +148,8 @@ def test_pc_budget_mode(vpt_run, tmp_path):
 
 
 def test_e2vpt_budgets_follow_the_reference():
-    assert token_budgets(10) == list(range(1, 10))
-    assert segment_budgets(16) == [1, 3, 4, 6, 8, 9, 11, 12]
+    assert token_prune_counts(10) == list(range(1, 10))
+    assert segment_prune_counts(16) == [1, 3, 4, 6, 8, 9, 11, 12]
     keep, seg = prune_plan(torch.tensor([0.5, 0.1, 0.9, 0.3]), torch.arange(16.0).repeat(4, 1), 2, 3)
     assert keep.tolist() == [True, False, True, False]
     assert seg.shape == (2, 16) and (~seg).sum(1).tolist() == [3, 3] and not seg[:, :3].any()
@@ -151,11 +158,11 @@ def test_e2vpt_budgets_follow_the_reference():
 def test_e2vpt_pruning_removes_tokens_and_bakes_segments(e2vpt_run, tmp_path):
     _, src, _ = load_run(e2vpt_run)
     cfg = RunDir(e2vpt_run).config()
-    splits = load_data(cfg, src.info)
+    splits = load_data(cfg.data, src.info)
     tok, seg = mask_scores(src, make_loader(splits.train, 32), max_batches=2)
     assert tok.shape == (5,) and seg.shape == (5, 16)
     out = tmp_path / "pruned"
-    report = condense_e2vpt(e2vpt_run, out, E2VPTPruneOptions(token_pct=[40], segments=[4], finetune_epochs=1))
+    report = condense_e2vpt(e2vpt_run, out, E2VPTPruneOptions(token_budgets=[40], segment_budgets=[4], finetune_epochs=1))
     assert report["kept"] == 3 and report["tokens_pruned"] == 2 and len(report["candidates"]) == 1
     pcfg, pruned, _ = load_run(out)
     assert pcfg.prompt.token_keep.count(True) == 3
@@ -176,10 +183,10 @@ def test_e2vpt_rewind_uses_the_original_initial_values(e2vpt_run):
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["--keep", "0"], 2, "--keep must be in (0, 1]"),
-    (["--keep", "1.5"], 2, "--keep must be in (0, 1]"),
+    (["--keep", "0"], 2, "keep must be in (0, 1]"),
+    (["--keep", "1.5"], 2, "keep must be in (0, 1]"),
     (["--max-overhead", "-5%"], 2, "budget below the bare backbone"),
-    (["--method", "e2vpt"], 2, "needs a 'e2vpt' run"),
+    (["--method", "e2vpt"], 2, "has token/segment masks"),
     (["--method", "magic"], 2, "unknown condense method"),
 ])
 def test_condense_cli_errors(vpt_run, tmp_path, args, code, message):
@@ -192,7 +199,7 @@ def test_condense_refuses_runs_without_prompts_and_newer_versions(tmp_path):
     lor = tmp_path / "lor"
     fit(tiny_config("lorvp", train={"epochs": 1}), out=lor)
     r = CliRunner().invoke(app, ["condense", str(lor), "--out", str(tmp_path / "x")])
-    assert r.exit_code == 2 and "needs a 'vpt' or 'e2vpt' run" in r.output
+    assert r.exit_code == 2 and "has prompt units to score" in r.output
     m = json.loads((lor / "manifest.json").read_text())
     m["schema_version"] = 99
     (lor / "manifest.json").write_text(json.dumps(m))
@@ -214,8 +221,7 @@ def test_pc_on_e2vpt_bakes_masks_and_keeps_kv_prompts(e2vpt_run, tmp_path, digit
         model.method.segment_mask[1, 3] = 0.0
         model.method.token_mask[2] = 0.5
     everything = [torch.ones(5, dtype=torch.bool)] * DEPTH
-    same = build_model(condensed_config(cfg, [5] * DEPTH, 1, None), 10).eval()
-    same.load_trainable_state(condensed_state(model, everything))
+    same = _condensed(model, cfg, everything).eval()
     with torch.no_grad():
         torch.testing.assert_close(same(digits_batch), model.eval()(digits_batch), rtol=0, atol=1e-6)
     assert same.method.token_mask.numel() == 0 and torch.equal(same.method.kv_k, model.method.kv_k)

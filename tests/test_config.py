@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from edgevp.config import build_run_config, load_yaml, run_config_to_yaml, to_dict
+from edgevp.config import load_yaml, run_config_to_yaml, to_dict
+from edgevp.recipe import build_run_config
 from edgevp.errors import ConfigError
 from edgevp.prompts.vpt import VPTConfig
 

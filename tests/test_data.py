@@ -86,11 +86,18 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index():
     (DataConfig(name="folder"), "needs data.root"),
     (DataConfig(name="folder", root="/nonexistent"), "does not exist"),
     (DataConfig(name="cifar"), "unknown dataset"),
-    (DataConfig(name="digits", limit_train=0), "must be positive"),
 ])
 def test_dataset_errors_are_one_line(cfg, message):
     with pytest.raises(DataError, match=message):
         load_splits(cfg)
+
+
+def test_bad_limits_are_refused_when_the_config_is_built():
+    from edgevp.config import from_dict
+    from edgevp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="limit_train/limit_val/limit_test must be >= 1"):
+        from_dict(DataConfig, {"name": "digits", "limit_train": 0}, "data")
 
 
 def test_empty_and_corrupt_folders(tmp_path):

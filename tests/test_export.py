@@ -82,7 +82,7 @@ def test_opset17_legacy_static_export(runs, tmp_path):
     assert side["parity"]["max_abs"] <= 1e-5 and "max_abs_batch1" not in side["parity"]
 
 
-def test_parity_failure_exits_3_and_leaves_nothing_looking_valid(runs, tmp_path):
+def test_parity_failure_exits_3_and_leaves_nothing_looking_valid(runs, tmp_path, monkeypatch):
     run = _copy(runs["vpt"], tmp_path)
     assert runner.invoke(app, ["export", str(run), "--with-references"]).exit_code == 0
     from edgevp.profile.onnx_macs import graph_cost
@@ -94,7 +94,11 @@ def test_parity_failure_exits_3_and_leaves_nothing_looking_valid(runs, tmp_path)
     bare, unfolded, folded = (graph_cost(run / "export" / f"{n}.onnx").macs for n in ("bare", "unfolded", "model"))
     assert bare < folded < unfolded  # KV folding removes the prompt rows' compute, not the attention columns
     assert json.loads((run / "export" / "model.json").read_text())["references"]["unfolded.onnx"].startswith("the")
-    r = runner.invoke(app, ["export", str(run), "--atol", "-1"])  # no export can pass a negative tolerance
+    import edgevp.export.onnx as onnx_target
+
+    real = onnx_target.torch_logits  # a PyTorch model that disagrees with its export by 1.0 in every logit
+    monkeypatch.setattr(onnx_target, "torch_logits", lambda model, x, batch=32: real(model, x, batch) + 1.0)
+    r = runner.invoke(app, ["export", str(run)])
     assert r.exit_code == 3 and "failed verification" in r.output
     names = {p.name for p in (run / "export").iterdir()}
     assert "model.onnx" not in names and "model.onnx.failed" in names  # the earlier good file is withdrawn too
@@ -105,6 +109,10 @@ def test_parity_failure_exits_3_and_leaves_nothing_looking_valid(runs, tmp_path)
 def test_bad_input_exit_codes(runs, tmp_path):
     assert runner.invoke(app, ["export", str(runs["vpt"]), "--target", "tflite"]).exit_code == 2
     assert runner.invoke(app, ["export", str(runs["vpt"]), "--opset", "13", "-o", str(tmp_path / "a")]).exit_code == 2
+    r = runner.invoke(app, ["export", str(runs["vpt"]), "--atol", "-1", "-o", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "atol and max_drop must be >= 0" in r.output and not (tmp_path / "a").exists()
+    r = runner.invoke(app, ["export", str(runs["vpt"]), "--int8-mode", "dynamc", "-o", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "'dynamc' is not one of static, dynamic" in r.output
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = runner.invoke(app, ["export", str(runs["vpt"]), "-o", str(blocker / "sub")])
@@ -132,7 +140,7 @@ def test_ort_fp16_and_int8_report_accuracy(runs, tmp_path):
     assert "LayerNormalization" in ops and "Cast" in ops
     for mode, op in (("static", "QuantizeLinear"), ("dynamic", "DynamicQuantizeLinear")):
         side = export_run(runs["vpt"], ExportOptions(target="ort-int8", out=tmp_path, int8_mode=mode,
-                                                     max_top1_drop=100.0))
+                                                     max_drop=100.0))
         assert side["int8"]["mode"] == mode and {"top1", "top1_fp32", "top1_agreement"} <= set(side["accuracy_vs_fp32"])
         assert side["int8"]["calibration_images"] == (64 if mode == "static" else 0)  # of 128 training images
         nodes = onnx.load(str(tmp_path / "model.int8.onnx")).graph.node

@@ -156,7 +156,7 @@ def test_e2vpt_kv_prompts_extend_keys_and_values(share, fused):
     wrapper = model.backbone.blocks[2].block.attn
     wrapper.attn.fused_attn = fused
     x = torch.randn(4, 7, D)
-    pk, pv = model.method.kv_prompt(2)
+    pk, pv = model.method.constant_kv(2)
     assert pk.shape == (HEADS, 3, D // HEADS)
     assert (pk is pv) == share
     with torch.no_grad():

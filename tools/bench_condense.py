@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edgevp.condense.pc import PCOptions, condense_pc  # noqa: E402
-from edgevp.config import build_run_config, load_yaml  # noqa: E402
+from edgevp.config import load_yaml  # noqa: E402
+from edgevp.recipe import build_run_config  # noqa: E402
 from edgevp.console import Reporter  # noqa: E402
 from edgevp.demo import DEMO_SETS, RECIPE_DIR  # noqa: E402
 from edgevp.runs import RunDir  # noqa: E402

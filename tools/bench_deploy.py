@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edgevp.condense.pc import condensed_config, condensed_state  # noqa: E402
 from edgevp.condense.select import keep_masks  # noqa: E402
-from edgevp.config import build_run_config  # noqa: E402
+from edgevp.recipe import build_run_config  # noqa: E402
 from edgevp.export.fold import to_deploy  # noqa: E402
 from edgevp.export.onnx import export_onnx, run_ort, session, simplify  # noqa: E402
 from edgevp.io import write_json  # noqa: E402

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from edgevp.config import build_run_config  # noqa: E402
+from edgevp.recipe import build_run_config  # noqa: E402
 from edgevp.model import build_model  # noqa: E402
 
 VARIANTS = {

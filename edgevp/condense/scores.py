@@ -16,9 +16,8 @@ from typing import Iterable, Literal
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..prompts.base import PromptedModel
-from ..prompts.e2vpt import E2VPT
-from ..prompts.vpt import TokenPrompts
 
 Aggregate = Literal["abs_batch", "abs_mean", "signed_mean"]
 
@@ -41,37 +40,36 @@ def _batches(loader: Iterable, device: torch.device, max_batches: int | None):
 
 def gate_scores(model: PromptedModel, loader: Iterable, mode: Aggregate = "abs_batch",
                 max_batches: int | None = None) -> list[torch.Tensor]:
-    """Per-layer (n_l,) importance of every inserted prompt token of a token-prompt method."""
+    """Per-group (n_g,) importance of every prompt unit the method declares (`PromptMethod.prompt_units`)."""
     method = model.method
-    if not isinstance(method, TokenPrompts):
-        raise TypeError(f"method '{method.name}' has no prompt tokens to score")
+    units = method.prompt_units()
+    if not units:
+        raise ConfigError(f"method '{method.name}' has no prompt units to score")
     device = next(model.parameters()).device
-    layers = range(model.info.depth) if method.deep else range(1)
-    counts = method.layer_counts()
-    gates = [torch.ones(counts[l], device=device, requires_grad=True) for l in range(model.info.depth)]
-    per_batch: list[list[torch.Tensor]] = [[] for _ in layers]
+    gates = [torch.ones(n, device=device, requires_grad=True) for n in units]
+    per_batch: list[list[torch.Tensor]] = [[] for _ in units]
     model.eval()
-    method.gates = gates
+    method.set_unit_gates(gates)
     try:
         for x, y in _batches(loader, device, max_batches):
-            grads = torch.autograd.grad(F.cross_entropy(model(x), y), [gates[l] for l in layers], allow_unused=True)
-            for l, g in zip(layers, grads):
-                per_batch[l].append(torch.zeros_like(gates[l]) if g is None else g.detach())
+            grads = torch.autograd.grad(F.cross_entropy(model(x), y), gates, allow_unused=True)
+            for g, grad in enumerate(grads):
+                per_batch[g].append(torch.zeros_like(gates[g]) if grad is None else grad.detach())
     finally:
-        method.gates = None
-    if not per_batch or not per_batch[0]:
+        method.set_unit_gates(None)
+    if not per_batch[0]:
         raise ValueError("no data to score prompts on")
     return [_aggregate(g, mode).cpu() for g in per_batch]
 
 
 def mask_scores(model: PromptedModel, loader: Iterable, mode: Aggregate = "abs_batch",
                 max_batches: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """E²VPT token (n_p,) and segment (n_p, R) mask importance."""
+    """Token (n_p,) and segment (n_p, R) mask importance (`PromptMethod.mask_units`)."""
     method = model.method
-    if not isinstance(method, E2VPT):
-        raise TypeError(f"method '{method.name}' has no E²VPT masks")
+    masks = method.mask_units()
+    if masks is None:
+        raise ConfigError(f"method '{method.name}' has no token/segment masks to score")
     device = next(model.parameters()).device
-    masks = (method.token_mask, method.segment_mask)
     was = [m.requires_grad for m in masks]
     tok, seg = [], []
     model.eval()

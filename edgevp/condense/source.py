@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..data import Splits, make_loader
+from ..data import Splits, load_data, make_loader
 from ..errors import ConfigError
+from ..evaluation import evaluate, resolve_device
 from ..model import load_run
 from ..prompts.base import PromptedModel
 
@@ -29,8 +30,6 @@ class Source:
         return make_loader(self.splits.train, self.batch_size)
 
     def top1(self, model: PromptedModel) -> dict[str, float | None]:
-        from ..train import evaluate
-
         model.to(self.device)
         val = evaluate(model, make_loader(self.splits.val, self.batch_size), self.device)["top1"]
         test = None
@@ -39,17 +38,17 @@ class Source:
         return {"val": val, "test": test}
 
 
-def open_source(src: str | Path, methods: tuple[str, ...], what: str, other: str) -> Source:
-    """Load run `src`, which must be a run of one of `methods` (`what` names the condensation, `other` the
-    alternative)."""
-    from ..train import load_data, resolve_device
-
+def open_source(src: str | Path, what: str, other: str, has_units: bool = False, has_masks: bool = False) -> Source:
+    """Load run `src` for condensation `what`; its method must declare prompt units (`has_units`, Prompt
+    Condensation) or token/segment masks (`has_masks`, E²VPT pruning); `other` names the alternative."""
     cfg, model, meta = load_run(src)
-    if cfg.method not in methods:
-        raise ConfigError(f"{what} needs a {' or '.join(repr(m) for m in methods)} run; '{src}' is a "
-                          f"'{cfg.method}' run",
+    method = model.method
+    if (has_units and not method.prompt_units()) or (has_masks and method.mask_units() is None):
+        kind = "prompt units to score" if has_units else "token/segment masks"
+        raise ConfigError(f"{what} needs a run whose method has {kind}; '{src}' is a '{cfg.method}' run, which has "
+                          "none",
                           f"{other}; LoR-VP and the linear probe have no prompts to condense")
     device = resolve_device(cfg.train.device)
     model.to(device)
-    return Source(Path(src), cfg, model, int(meta["num_classes"]), device, load_data(cfg, model.info),
+    return Source(Path(src), cfg, model, int(meta["num_classes"]), device, load_data(cfg.data, model.info),
                   cfg.data.eval_batch_size or cfg.data.batch_size)

@@ -1,22 +1,21 @@
 """Deploy forms of trained prompt methods: prompts become constants, exact within float rounding.
 
-`to_deploy(model)` returns a plain eval-mode module (no method object, no dropout, no Python-side state) that
-computes the same logits as the PromptedModel:
+`to_deploy(model)` asks the method for its prompts as constants (`PromptMethod.fold` -> `FoldedPrompts`) and
+builds a plain eval-mode module (no method object, no dropout, no Python-side state) that computes the same logits
+as the PromptedModel. It never looks at which method it folds; what each kind of constant becomes:
 
-- LoR-VP: the prompt P = B·A is input-independent. On a timm ViT whose patch embedding is a bias-carrying,
+- a pixel prompt P (LoR-VP's B·A, input-independent). On a timm ViT whose patch embedding is a bias-carrying,
   non-overlapping Conv2d with no norm, at fixed input size, conv(normalize(x + P)) = conv(normalize(x)) +
   conv_nobias(P / std), so conv_nobias(P / std) is added to the patch part of `pos_embed` and the graph has exactly
   the bare backbone's operators ("pos_embed"). Otherwise, with the preprocessing in the graph, P is folded into the
   mean subtraction, (x + P - mean) = x - (mean - P), again no extra operator ("mean"); without preprocessing it is one
   constant Add of P / std on the normalised input ("input_bias").
-- VPT-deep and E²VPT visual prompts: block l's prompt tokens are constants whose outputs are discarded (replaced at
-  block l + 1, stripped after the last block), so only their keys and values matter:
-  K_p = k_norm(LN1(P_l) W_k + b_k), V_p = LN1(P_l) W_v + b_v, per head. They are precomputed and concatenated in
-  front of the image tokens' keys and values; the prompt rows cost no query, projection or MLP compute.
-  E²VPT's own key-value prompts are constants already and join the same prefix.
-- VPT-shallow: the prompts are inserted once, before block 0, and then evolve with the image: after the first
-  attention their states depend on the input, so only the inserted tokens are constants ("tokens").
-- Label mappings (flm/ilm) become a constant index_select (an ONNX Gather). The linear probe is the plain backbone.
+- per-block constant keys/values (VPT-deep and E²VPT visual prompts, whose outputs are discarded so only their keys
+  and values matter, and E²VPT's key-value prompts): concatenated in front of the image tokens' keys and values
+  ("kv"); the prompt rows cost no query, projection or MLP compute.
+- constant input tokens (VPT-shallow, whose states depend on the image after block 0): inserted before block 0 and
+  stripped after the last ("tokens").
+- a label map (flm/ilm) becomes a constant index_select (an ONNX Gather). Nothing folded: the plain backbone.
 """
 from __future__ import annotations
 
@@ -27,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..prompts.base import PromptedModel
-from ..prompts.e2vpt import attention_with_kv_prefix
+from ..prompts.attention import attention_with_kv_prefix
+from ..prompts.base import FoldedPrompts, PromptedModel
 
 
 @dataclass
@@ -49,6 +47,11 @@ class FoldReport:
     def kind(self) -> str:
         """What carries the prompts in the deploy form: the pixel fold if any, else the token fold ('none' for none)."""
         return self.pixel if self.pixel != "none" else self.tokens
+
+    @property
+    def folds_nothing(self) -> bool:
+        """The deploy form is the plain backbone (with the run's head): no prompt and no label map."""
+        return self.kind == "none" and not self.label_map
 
     def to_dict(self) -> dict:
         return {**asdict(self), "kind": self.kind}
@@ -141,14 +144,14 @@ def _posembed_fold_blocker(backbone: nn.Module) -> str:
     return ""
 
 
-def _fold_pixel(model: PromptedModel, backbone: nn.Module, report: FoldReport) -> torch.Tensor | None:
-    """Fold LoR-VP's prompt into the backbone copy, or return the constant that carries it.
+def _fold_pixel(prompt: torch.Tensor, model: PromptedModel, backbone: nn.Module, report: FoldReport
+                ) -> torch.Tensor | None:
+    """Fold the pixel prompt (3, L, L) into the backbone copy, or return the constant that carries it.
 
     Returns:
         None for the pos_embed fold, the shifted mean (1, 3, L, L) for "mean", the normalised-space bias for
         "input_bias".
     """
-    prompt = model.method.prompt().detach()  # (3, L, L) in [0, 1] pixel space
     scaled = (prompt / model.std[0]).unsqueeze(0)  # (1, 3, L, L) in normalised space
     blocker = _posembed_fold_blocker(backbone)
     if not blocker:
@@ -170,42 +173,25 @@ def _fold_pixel(model: PromptedModel, backbone: nn.Module, report: FoldReport) -
     return scaled
 
 
-def _fold_tokens(model: PromptedModel, backbone: nn.Module, report: FoldReport) -> None:
-    """Replace the method's token/KV prompts by constants in the (already detached) backbone copy."""
-    method = model.method
-    if getattr(method, "gates", None) is not None:
-        raise ConfigError("prompt gates are set (a scoring pass is in progress); cannot fold")
-    npre, depth = model.info.num_prefix_tokens, model.info.depth
-    with torch.no_grad():
-        if not method.deep:
-            tokens = method.layer_prompt(0)
-            n = tokens.shape[0]
-            report.tokens, report.kv_columns = "tokens", [0] * depth
-            if n == 0:
-                return
-            for i in {0, depth - 1}:
-                backbone.blocks[i] = ConstTokenBlock(backbone.blocks[i], npre, tokens if i == 0 else None,
-                                                     n if i == depth - 1 else 0)
-            return
+def _fold_tokens(folded: FoldedPrompts, backbone: nn.Module, num_prefix: int, report: FoldReport) -> None:
+    """Put constant keys/values and input tokens into the (already detached) backbone copy."""
+    depth = len(backbone.blocks)
+    if folded.kv is not None:
+        if len(folded.kv) != depth:
+            raise ValueError(f"fold() gave key/values for {len(folded.kv)} blocks, the backbone has {depth}")
         report.tokens = "kv"
-        for i, block in enumerate(backbone.blocks):
-            a = block.attn
-            keys, values = [], []
-            if hasattr(method, "kv_prompt"):
-                pk, pv = method.kv_prompt(i)
-                keys.append(pk)
-                values.append(pv)
-            p = method.layer_prompt(i)
-            if p is not None and p.shape[0]:
-                n = p.shape[0]
-                qkv = a.qkv(block.norm1(p.unsqueeze(0))).reshape(1, n, 3, a.num_heads, a.head_dim)
-                _, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (1, heads, n, head_dim)
-                keys.append(a.k_norm(k)[0])
-                values.append(v[0])
-            cols = sum(k.shape[1] for k in keys)
-            report.kv_columns.append(cols)
-            if cols:
-                block.attn = KVConstAttention(a, torch.cat(keys, 1), torch.cat(values, 1))
+        for block, kv in zip(backbone.blocks, folded.kv):
+            report.kv_columns.append(0 if kv is None else int(kv[0].shape[1]))
+            if kv is not None and kv[0].shape[1]:
+                block.attn = KVConstAttention(block.attn, kv[0], kv[1])
+    if folded.tokens is not None and len(folded.tokens):
+        if folded.kv is not None:
+            raise ValueError("fold() gave both input tokens and key/values; a deploy form takes one of them")
+        n = folded.tokens.shape[0]
+        report.tokens, report.kv_columns = "tokens", [0] * depth
+        for i in {0, depth - 1}:
+            backbone.blocks[i] = ConstTokenBlock(backbone.blocks[i], num_prefix, folded.tokens if i == 0 else None,
+                                                 n if i == depth - 1 else 0)
 
 
 def to_deploy(model: PromptedModel, include_preprocess: bool = True) -> DeployModel:
@@ -219,35 +205,25 @@ def to_deploy(model: PromptedModel, include_preprocess: bool = True) -> DeployMo
         An eval-mode DeployModel with the prompts as buffers and `.report` set.
 
     Raises:
-        ConfigError: the method has no deploy form.
+        ConfigError: the method has no deploy form (its `fold` is not defined).
     """
-    from ..prompts.linear import LinearProbe
-    from ..prompts.lorvp import LoRVP
-    from ..prompts.vpt import TokenPrompts
-
-    method = model.method
-    report = FoldReport(method=method.name, include_preprocess=include_preprocess)
+    report = FoldReport(method=model.method.name, include_preprocess=include_preprocess)
     work = copy.deepcopy(model).eval()
     backbone = work.detach_method()
     for p in backbone.parameters():
         p.requires_grad_(False)
     report.fixed_img_size = _fix_img_size(backbone)
-    mean, bias, label_map = work.mean, None, None
-    if isinstance(method, LoRVP):
-        shifted = _fold_pixel(work, backbone, report)
+    folded = work.method.fold(backbone)
+    mean, bias = work.mean, None
+    if folded.pixel is not None:
+        shifted = _fold_pixel(folded.pixel.detach(), work, backbone, report)
         if report.pixel == "mean":
             mean = shifted
         elif report.pixel == "input_bias":
             bias = shifted
-        if method.config.mapping != "lp":
-            if method.label_map.numel() == 0:
-                raise ConfigError("the label mapping was never computed; cannot export this run")
-            label_map, report.label_map = method.label_map, True
-    elif isinstance(method, TokenPrompts):
-        _fold_tokens(work, backbone, report)
-    elif not isinstance(method, LinearProbe):
-        raise ConfigError(f"method '{method.name}' has no deploy form")
-    deploy = DeployModel(backbone, mean, work.std, include_preprocess, bias, label_map)
+    _fold_tokens(folded, backbone, model.info.num_prefix_tokens, report)
+    report.label_map = folded.label_map is not None
+    deploy = DeployModel(backbone, mean, work.std, include_preprocess, bias, folded.label_map)
     deploy.report = report
     return deploy
 

@@ -145,7 +145,7 @@ def build_fp32(ctx, name: str = "model.onnx") -> dict:
     simp = simplify(path, opts.simplify)
     set_metadata(path, metadata(ctx, produced))
     check(path)
-    x, y = ctx.images("val", opts.parity_images)
+    x, y = ctx.images("val", opts.gate_images)
     ref = torch_logits(ctx.model, x)
     sess = session(path)
     got = run_ort(sess, ctx.deploy_input(x), 8 if opts.dynamic_batch else 1)
@@ -184,8 +184,8 @@ def build_onnx(ctx) -> dict:
     if ctx.opts.with_references and result["status"] == "ok":  # what `edgevp profile RUN` compares with
         refs = {"bare.onnx": "the backbone alone (with the run's head), same preprocessing"}
         result["files"].append(_reference(ctx, bare_deploy(ctx.model, ctx.opts.include_preprocess), "bare.onnx"))
-        if ctx.cfg.method == "linear":
-            pass  # nothing to fold: model.onnx is already the plain backbone
+        if ctx.fold.folds_nothing:
+            pass  # nothing folded: model.onnx is already the plain backbone
         elif not ctx.opts.include_preprocess:
             refs["unfolded.onnx"] = "skipped: the unfolded model takes [0, 1] images (use --include-preprocess)"
         else:

@@ -7,7 +7,7 @@
   calibrated on the run's training images; `int8_mode="dynamic"` quantises weights only, activations at run time.
 
 Both report val top-1 of the fp32 and the reduced model against the labels and their top-1 agreement; a drop of
-more than `max_top1_drop` points marks the artifact failed.
+more than `max_drop` points marks the artifact failed.
 """
 from __future__ import annotations
 
@@ -70,16 +70,16 @@ def to_int8(src, dst, calib: np.ndarray, mode: str = "static", method: str = "mi
 
 def gate_vs_fp32(ctx, got: np.ndarray, result: dict, key: str = "accuracy_vs_fp32", what: str = "val top-1") -> dict:
     """Compare logits `got` on the val images with the fp32 ONNX's: record the report under `result[key]` and mark
-    `result` failed when the val top-1 drops by more than `max_top1_drop` points."""
+    `result` failed when the val top-1 drops by more than `max_drop` points."""
     _, y = ctx.info["val"]
     fp32 = ctx.info["fp32_logits"]
     rep = compare(fp32, got)
     rep.update(top1_fp32=float((fp32.argmax(1) == y).mean() * 100), top1=float((got.argmax(1) == y).mean() * 100))
     rep["top1_drop"] = rep["top1_fp32"] - rep["top1"]
     result[key] = rep
-    if result["status"] == "ok" and rep["top1_drop"] > ctx.opts.max_top1_drop:
+    if result["status"] == "ok" and rep["top1_drop"] > ctx.opts.max_drop:
         result.update(status="failed", error=f"{what} drops {rep['top1_drop']:.2f} points vs fp32 "
-                                             f"(max {ctx.opts.max_top1_drop:g})")
+                                             f"(max {ctx.opts.max_drop:g})")
     return result
 
 

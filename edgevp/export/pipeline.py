@@ -12,35 +12,52 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from ..config import check_options
 from ..errors import ConfigError, MissingError, VerificationError
 from ..io import sha256_file as sha256, write_json
+from .targets import get_target
 
 
 @dataclass
 class ExportOptions:
-    """Options of `edgevp export` (see the CLI for their help)."""
+    """Options of `edgevp export`; the CLI options have the same names (`gate_images` is `--gate-images`).
 
-    target: str = "onnx"
+    Every field is checked on construction (choices, ranges), so a bad option fails before any work starts.
+    """
+
+    target: str = "onnx"  # an export target (`edgevp list targets`)
     opset: int = 18
-    out: Path | None = None
+    out: Path | None = None  # default: RUN/export
     dynamic_batch: bool = True
-    include_preprocess: bool = True
-    exporter: str = "dynamo"  # dynamo | legacy
-    simplify: str = "auto"  # auto (onnxsim, then onnxslim) | onnxsim | onnxslim | none
-    which: str = "best"  # checkpoint
-    parity_images: int = 64
+    include_preprocess: bool = True  # the artifact takes [0, 1] images (normalisation inside)
+    exporter: Literal["dynamo", "legacy"] = "dynamo"
+    simplify: Literal["auto", "onnxsim", "onnxslim", "none"] = "auto"  # auto: onnxsim, then onnxslim
+    checkpoint: Literal["best", "last"] = "best"
+    gate_images: int = 64  # validation images for the parity and accuracy gates
     atol: float = 1e-4  # max abs logit difference, ORT fp32 vs the PyTorch prompted model
     min_top1_agreement: float = 1.0
-    max_top1_drop: float = 2.0  # fp16/int8: allowed val top-1 drop vs fp32, percentage points
-    int8_mode: str = "static"  # static (QDQ, calibrated on training images) | dynamic
+    max_drop: float = 2.0  # fp16/int8: allowed val top-1 drop vs fp32, percentage points
+    int8_mode: Literal["static", "dynamic"] = "static"  # static: QDQ calibrated on training images
     calib_images: int = 64
-    calib_method: str = "minmax"  # static int8 activation ranges: minmax | percentile | entropy
-    int8_ops: str = "all"  # static int8: all (ORT's default op set) | matmul (MatMul/Gemm/Conv only)
+    calib_method: Literal["minmax", "percentile", "entropy"] = "minmax"  # static int8 activation ranges
+    int8_ops: Literal["all", "matmul"] = "all"  # static int8: ORT's default op set, or MatMul/Gemm/Conv only
     trt_dynamic_batch: bool = False  # TensorRT: dynamic batch profile instead of a fixed-shape engine
     trt_max_batch: int = 8
     with_references: bool = False  # onnx: also export bare.onnx and unfolded.onnx, the references profiling uses
+
+    def __post_init__(self):
+        check_options(self)
+        for name in ("gate_images", "calib_images", "trt_max_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.atol < 0 or self.max_drop < 0 or not 0 <= self.min_top1_agreement <= 1:
+            raise ConfigError("atol and max_drop must be >= 0 and min_top1_agreement in [0, 1]")
+        target = get_target(self.target)
+        if self.opset not in target.opsets:
+            raise ConfigError(f"target '{target.name}' cannot take opset {self.opset}",
+                              f"choose one of {', '.join(map(str, target.opsets))}")
 
 
 @dataclass
@@ -62,9 +79,9 @@ class ExportContext:
 
     def splits(self):
         if self._splits is None:
-            from ..train import load_data
+            from ..data import load_data
 
-            self._splits = load_data(self.cfg, self.model.info)
+            self._splits = load_data(self.cfg.data, self.model.info)
         return self._splits
 
     def images(self, split: str, n: int):
@@ -132,30 +149,22 @@ def export_run(run_path: str | Path, opts: ExportOptions) -> dict:
     from ..model import load_run
     from ..runs import RunDir, now
     from .fold import to_deploy
-    from .targets import get_target
 
     target = get_target(opts.target)
-    if opts.opset not in target.opsets:
-        raise ConfigError(f"target '{target.name}' cannot take opset {opts.opset}",
-                          f"choose one of {', '.join(map(str, target.opsets))}")
-    if opts.exporter not in ("dynamo", "legacy") or opts.simplify not in ("auto", "onnxsim", "onnxslim", "none"):
-        raise ConfigError("exporter takes dynamo|legacy and simplify auto|onnxsim|onnxslim|none")
-    if opts.calib_method not in ("minmax", "percentile", "entropy") or opts.int8_ops not in ("all", "matmul"):
-        raise ConfigError("--calib-method takes minmax|percentile|entropy and --int8-ops all|matmul")
     run = RunDir(run_path)
     run.manifest()
-    cfg, model, header = load_run(run.path, opts.which)
+    cfg, model, header = load_run(run.path, opts.checkpoint)
     out = Path(opts.out) if opts.out is not None else run.path / "export"
     _writable_dir(out)
     deploy = to_deploy(model, include_preprocess=opts.include_preprocess)
     fold = deploy.report
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
-        ctx = ExportContext(run, cfg, model, deploy, fold, header, opts, out, work, sha256(run.checkpoint(opts.which)))
+        ctx = ExportContext(run, cfg, model, deploy, fold, header, opts, out, work, sha256(run.checkpoint(opts.checkpoint)))
         result = target.build(ctx)
         status = result.get("status", "ok")
         sidecar = {"status": status, "target": target.name, "created_at": now(), "source_run": run.path.name,
-                   "source_checkpoint": opts.which, "source_checkpoint_sha256": ctx.checkpoint_sha256,
+                   "source_checkpoint": opts.checkpoint, "source_checkpoint_sha256": ctx.checkpoint_sha256,
                    "method": cfg.method, "backbone": cfg.backbone.name, "options": _jsonable(asdict(opts)),
                    "fold": fold.to_dict(), **{k: v for k, v in result.items() if k != "files"}}
         sidecar["files"] = _install(work, out, result["files"], failed=status == "failed")

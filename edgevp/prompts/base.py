@@ -4,9 +4,19 @@ A PromptedModel takes images in [0, 1] at the backbone's input size and computes
     logits = map_logits(backbone(normalize(pixel_prompt(x))))
 where the backbone's blocks/attention may be wrapped by the method while it is attached. The backbone's weights
 are frozen; what trains is decided structurally: the method's parameters that require grad, plus the new head.
+
+`PromptMethod` is the one extension point every stage calls; no stage tests for a concrete method:
+- training: `attach`/`detach`, `pixel`, `map_logits`, `before_epoch`, `wants_new_head`;
+- cost: `extra_tokens` (tokens each block gains on the query and the key/value side);
+- export: `fold` returns the prompts as constants (`FoldedPrompts`), which `edgevp.export.fold` turns into the
+  deploy form and a multi-task pack stacks into tables;
+- Prompt Condensation: `prompt_units`, `set_unit_gates`, `keep_units`;
+- E²VPT-style pruning: `mask_units`, `keep_masked`.
+A method implements what it supports; the defaults say "not supported" in one clear line.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
 
 import torch
@@ -14,7 +24,26 @@ from torch import nn
 
 from ..backbone import BackboneInfo, count_params
 from ..config import PromptConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, IncompatibleError
+
+
+@dataclass
+class FoldedPrompts:
+    """A trained method's prompts as input-independent constants (what `PromptMethod.fold` returns).
+
+    pixel:     (3, H, W) added to the images in [0, 1] before normalisation (LoR-VP, pad prompts);
+    kv:        per block, constant keys and values (heads, n, head_dim) put in front of the image tokens' keys and
+               values inside attention, or None for a block without; the list is None when no block has any;
+    tokens:    (n, D) constant tokens inserted after the prefix tokens before the first block, carried through every
+               block and stripped after the last (VPT-shallow: their states depend on the image after block 0);
+    label_map: (C,) int64, task logits = backbone logits[:, label_map] (label mapping onto a pretrained head).
+    The task head, when the method trains one, is the backbone's own classifier and is not repeated here.
+    """
+
+    pixel: torch.Tensor | None = None
+    kv: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None
+    tokens: torch.Tensor | None = None
+    label_map: torch.Tensor | None = None
 
 
 class PromptMethod(nn.Module):
@@ -25,12 +54,10 @@ class PromptMethod(nn.Module):
 
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[PromptConfig]] = PromptConfig
-    needs_vit: ClassVar[bool] = False  # token/attention prompts need a timm VisionTransformer
-    can_condense: ClassVar[bool] = False  # has per-token prompts that condensation can rank and remove
 
     def __init__(self, config: PromptConfig, info: BackboneInfo):
         super().__init__()
-        if self.needs_vit and not info.is_vit:
+        if self.config_cls.needs_vit and not info.is_vit:
             raise ConfigError(f"method '{self.name}' needs a timm VisionTransformer backbone, got '{info.name}'",
                               "use method=lorvp or method=linear for other backbones")
         self.config = config
@@ -84,13 +111,48 @@ class PromptMethod(nn.Module):
     def before_epoch(self, model: PromptedModel, loader: Any, epoch: int) -> None:
         """Called by the training loop before each epoch (label mappings are computed here)."""
 
-    # -- accounting ---------------------------------------------------------------------------------------------
-    def extra_tokens(self) -> list[tuple[int, int]]:
-        """Per block: (tokens added to the query side, tokens added to the key/value side)."""
+    # -- cost -------------------------------------------------------------------------------------------------
+    def extra_tokens(self, units: list[int] | None = None) -> list[tuple[int, int]]:
+        """Per block: (tokens added to the query side, tokens added to the key/value side), as trained, or with
+        `units[g]` prompt units in group g of `prompt_units()` (what a condensation would keep)."""
         return [(0, 0)] * self.info.depth
 
     def prompt_param_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # -- deployment -------------------------------------------------------------------------------------------
+    def fold(self, backbone: nn.Module) -> FoldedPrompts:
+        """The prompts as constants for `backbone`, the plain backbone of a copy of the model with this method
+        detached (for methods that read its blocks, e.g. to turn tokens into keys and values)."""
+        raise ConfigError(f"method '{self.name}' has no deploy form",
+                          "its PromptMethod must define fold() to be exported")
+
+    # -- Prompt Condensation: score prompt units, keep the best -----------------------------------------------
+    def prompt_units(self) -> list[int]:
+        """Per group (e.g. a block's prompt set), how many prompt units Prompt Condensation can score and remove;
+        [] when the method has none."""
+        return []
+
+    def set_unit_gates(self, gates: list[torch.Tensor] | None) -> None:
+        """Multiply unit i of group g by `gates[g][i]` in the forward pass (gate scores are the gates' gradients);
+        None removes the gates."""
+        raise ConfigError(f"method '{self.name}' has no prompt units to score")
+
+    def keep_units(self, masks: list[torch.Tensor]) -> tuple[PromptConfig, dict[str, torch.Tensor]]:
+        """This method's config and state (`state_dict` keys) with only the units where `masks[g]` is True."""
+        raise ConfigError(f"method '{self.name}' has no prompt units to remove")
+
+    # -- E²VPT-style pruning: token and segment masks --------------------------------------------------------
+    def mask_units(self) -> tuple[nn.Parameter, nn.Parameter] | None:
+        """(token mask (n,), segment mask (n, R)) whose gradients rank tokens and segments, or None when the
+        method has none. Raises IncompatibleError when the masks were already pruned or baked in."""
+        return None
+
+    def keep_masked(self, keep: torch.Tensor, segment_keep: torch.Tensor
+                    ) -> tuple[PromptConfig, dict[str, torch.Tensor]]:
+        """Config and state with only the tokens where `keep` (n,) is True and the segments where `segment_keep`
+        (kept tokens, R) is True."""
+        raise IncompatibleError(f"method '{self.name}' has no token/segment masks to prune")
 
 
 class PromptedModel(nn.Module):
@@ -152,8 +214,6 @@ class PromptedModel(nn.Module):
         missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         bad = [k for k in own if k in state and own[k].numel() and own[k].shape != state[k].shape]
         if missing or extra or bad:
-            from ..errors import IncompatibleError
-
             raise IncompatibleError(
                 "checkpoint does not fit this model"
                 + (f": missing {missing[:3]}" if missing else "") + (f": unexpected {extra[:3]}" if extra else "")

@@ -7,21 +7,23 @@
   segment mask s (n_p, R) before insertion: p̃_k = m_k · tile(s_k) ⊙ p_k, segment r owning the strided dims
   {r, r+R, r+2R, ...}. The same masks apply at every layer. They are all ones and frozen by default (inert);
   pruning reads their gradients.
+Prompt dropout (visual prompts, and key-value prompts with `kv_dropout`) draws an independent mask per sample, and
+for the key and the value use of a key-value prompt independently.
 """
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import BackboneInfo
-from ..config import PromptConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, IncompatibleError
 from ..registry import register_method
+from .attention import attention_with_kv_prefix, missing_attention_part
+from .configs import E2VPTConfig
 from .vpt import TokenPrompts, vpt_init_bound
 
 
@@ -30,9 +32,9 @@ class KVPromptAttention(nn.Module):
 
     def __init__(self, attn: nn.Module, layer: int, owner: E2VPT):
         super().__init__()
-        for name in ("qkv", "q_norm", "k_norm", "attn_drop", "proj", "proj_drop", "num_heads", "head_dim", "scale"):
-            if not hasattr(attn, name):
-                raise ConfigError(f"attention module {type(attn).__name__} has no '{name}'; E²VPT needs timm Attention")
+        missing = missing_attention_part(attn)
+        if missing:
+            raise ConfigError(f"attention module {type(attn).__name__} has no '{missing}'; E²VPT needs timm Attention")
         self.attn = attn
         self.layer = layer
         object.__setattr__(self, "owner", owner)
@@ -40,52 +42,8 @@ class KVPromptAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
             raise NotImplementedError("key-value prompts with attention masks are not supported")
-        pk, pv = self.owner.kv_prompt(self.layer)
+        pk, pv = self.owner.kv_prompt(self.layer, x.shape[0])
         return attention_with_kv_prefix(self.attn, x, pk, pv, self.training)
-
-
-def attention_with_kv_prefix(a: nn.Module, x: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
-                             training: bool = False) -> torch.Tensor:
-    """timm Attention `a` on tokens `x` (B, N, C) with keys `pk` and values `pv` (heads, n, head_dim) in front of the
-    tokens' own keys and values; only the tokens query, so the output keeps N rows."""
-    B, N, C = x.shape
-    gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
-    q, k, v = a.qkv(x).reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = a.q_norm(q), a.k_norm(k)
-    k = torch.cat([pk.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1), k], dim=2)
-    v = torch.cat([pv.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1), v], dim=2)
-    if getattr(a, "fused_attn", False):
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=a.attn_drop.p if training else 0.0)
-    else:
-        x = a.attn_drop(((q * a.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
-    x = x.transpose(1, 2).reshape(B, N, getattr(a, "attn_dim", C))
-    x = a.norm(x) if hasattr(a, "norm") else x
-    if gate is not None:
-        x = x * gate
-    return a.proj_drop(a.proj(x))
-
-
-@dataclass
-class E2VPTConfig(PromptConfig):
-    """E²VPT key-value and visual prompts."""
-
-    num_tokens: int = field(default=10, metadata={"help": "visual prompt tokens per layer (n_p)"})
-    num_kv: int = field(default=5, metadata={"help": "key-value prompts per layer (n_kv)"})
-    share_kv: bool = field(default=True, metadata={"help": "one tensor serves as key and value prompt"})
-    kv_init: Literal["kaiming", "uniform", "trunc_normal"] = field(
-        default="kaiming", metadata={"help": "kaiming: bound sqrt(6/(n_kv·head_dim)) (reference)"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout on visual prompts"})
-    kv_dropout: float = 0.0
-    segments: int = field(default=16, metadata={"help": "segments per prompt for segment masks (R)"})
-    train_masks: bool = field(default=False, metadata={"help": "learn the token/segment masks as gains"})
-    token_keep: list[bool] | None = field(default=None, metadata={"help": "kept visual tokens (written by pruning)"})
-    tokens_per_layer: list[int] | None = field(
-        default=None, metadata={"help": "per-layer visual prompt counts (written by Prompt Condensation; the masks "
-                                        "are then baked into the prompts)"})
-
-    def __post_init__(self):
-        if self.num_tokens < 0 or self.num_kv < 0 or self.segments < 1:
-            raise ValueError("num_tokens and num_kv must be >= 0, segments >= 1")
 
 
 @register_method("e2vpt")
@@ -93,13 +51,13 @@ class E2VPT(TokenPrompts):
     """Key-value prompts in every attention plus masked VPT-deep visual prompts."""
 
     config_cls = E2VPTConfig
-    can_condense = True
 
     def __init__(self, config: E2VPTConfig, info: BackboneInfo):
         super().__init__(config, info)
         d, depth, h = info.embed_dim, info.depth, info.num_heads
         if d % config.segments:
             raise ConfigError(f"prompt.segments={config.segments} must divide the embedding dim {d}")
+        self.dropout = config.dropout
         n = config.num_tokens if config.token_keep is None else sum(config.token_keep)
         self.counts = [n] * depth
         self.baked = config.tokens_per_layer is not None  # condensed per layer: masks live in the prompts
@@ -142,16 +100,50 @@ class E2VPT(TokenPrompts):
         return self.token_mask[:, None] * self.segment_mask.repeat(1, reps) * p
 
     def layer_prompt(self, layer: int) -> torch.Tensor:
-        p = self.masked(self.prompts[layer])
-        return F.dropout(p, self.config.dropout, self.training) if self.config.dropout else p
+        return self.masked(self.prompts[layer])
 
-    def kv_prompt(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def constant_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         pk = self.kv_k[layer]
-        pv = pk if self.kv_v is None else self.kv_v[layer]
+        return pk, (pk if self.kv_v is None else self.kv_v[layer])
+
+    def kv_prompt(self, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and value prompts of block `layer`: (heads, n_kv, head_dim), or per sample (batch, ...) when
+        key-value dropout is active (an independent mask per sample, and for the key and the value use)."""
+        pk, pv = self.constant_kv(layer)
         if self.config.kv_dropout and self.training:
-            pk = F.dropout(pk, self.config.kv_dropout)
-            pv = pk if self.kv_v is None else F.dropout(pv, self.config.kv_dropout)
+            p = self.config.kv_dropout
+            pk = F.dropout(pk.unsqueeze(0).expand(batch, -1, -1, -1), p, True)
+            pv = F.dropout(pv.unsqueeze(0).expand(batch, -1, -1, -1), p, True)
         return pk, pv
 
-    def extra_tokens(self) -> list[tuple[int, int]]:
-        return [(n, n + self.config.num_kv) for n in self.layer_counts()]
+    # -- condensation hooks ---------------------------------------------------------------------------------------
+    def unit_rows(self, group: int) -> torch.Tensor:
+        return self.masked(self.prompts[group])  # Prompt Condensation bakes the masks into the kept prompts
+
+    def condensed_config(self, counts: list[int]) -> E2VPTConfig:
+        cfg = copy.deepcopy(self.config)
+        cfg.tokens_per_layer, cfg.token_keep = list(counts), None
+        return cfg
+
+    def keep_units(self, masks: list[torch.Tensor]):
+        cfg, state = super().keep_units(masks)
+        state["token_mask"] = state["token_mask"][:0].clone()
+        state["segment_mask"] = state["segment_mask"][:0].clone()
+        return cfg, state
+
+    def mask_units(self) -> tuple[nn.Parameter, nn.Parameter]:
+        if self.config.token_keep is not None or self.baked:
+            raise IncompatibleError("this E²VPT run is already pruned or condensed", "prune the original E²VPT run")
+        return self.token_mask, self.segment_mask
+
+    def keep_masked(self, keep: torch.Tensor, segment_keep: torch.Tensor):
+        keep = keep.to(torch.bool)
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        for l in range(self.info.depth):
+            state[f"prompts.{l}"] = state[f"prompts.{l}"][keep].clone()
+        state["token_mask"] = state["token_mask"][keep].clone()
+        state["segment_mask"] = state["segment_mask"][keep].clone() * segment_keep.float()
+        cfg = copy.deepcopy(self.config)
+        cfg.token_keep = keep.tolist()
+        cfg.train_masks = False  # kept entries stay 1, pruned segments stay 0
+        return cfg, state

@@ -1,16 +1,11 @@
 """Linear probe: frozen backbone, new linear head. The baseline every comparison needs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from torch import nn
 
-from ..config import PromptConfig
 from ..registry import register_method
-from .base import PromptMethod
-
-
-@dataclass
-class LinearConfig(PromptConfig):
-    """The linear probe has no prompt options."""
+from .base import FoldedPrompts, PromptMethod
+from .configs import LinearConfig
 
 
 @register_method("linear")
@@ -18,3 +13,6 @@ class LinearProbe(PromptMethod):
     """Trains only a new classifier on the frozen backbone's pooled features."""
 
     config_cls = LinearConfig
+
+    def fold(self, backbone: nn.Module) -> FoldedPrompts:
+        return FoldedPrompts()  # the deploy form is the backbone with its new head

@@ -9,31 +9,16 @@ prompt starts at zero. Works on any backbone. Output mappings:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..backbone import BackboneInfo
-from ..config import PromptConfig
+from .configs import LoRVPConfig
 from ..errors import ConfigError
 from ..registry import register_method
-from .base import PromptedModel, PromptMethod
-
-
-@dataclass
-class LoRVPConfig(PromptConfig):
-    """LoR-VP low-rank pixel prompt."""
-
-    rank: int = field(default=4, metadata={"help": "rank r of B·A"})
-    mapping: Literal["lp", "flm", "ilm"] = field(default="lp", metadata={"help": "output mapping"})
-    mapping_every: int = field(default=1, metadata={"help": "ilm: epochs between mapping updates"})
-    init_std: float = field(default=0.01, metadata={"help": "std of A's normal init (B starts at zero)"})
-
-    def __post_init__(self):
-        if self.rank < 1 or self.mapping_every < 1:
-            raise ValueError("rank and mapping_every must be >= 1")
+from .base import FoldedPrompts, PromptedModel, PromptMethod
 
 
 def greedy_label_mapping(counts: torch.Tensor) -> torch.Tensor:
@@ -88,6 +73,16 @@ class LoRVP(PromptMethod):
         if x.shape[-2:] != (self.size, self.size):
             raise ValueError(f"LoR-VP expects {self.size}x{self.size} images, got {tuple(x.shape[-2:])}")
         return x + self.prompt().to(x.dtype).unsqueeze(0)
+
+    @torch.no_grad()
+    def fold(self, backbone: nn.Module) -> FoldedPrompts:
+        """The prompt is input-independent: a pixel-space constant; a label mapping is a constant gather."""
+        label_map = None
+        if self.config.mapping != "lp":
+            if self.label_map.numel() == 0:
+                raise ConfigError("the label mapping was never computed; cannot export this run")
+            label_map = self.label_map.clone()
+        return FoldedPrompts(pixel=self.prompt().detach().clone(), label_map=label_map)
 
     def map_logits(self, logits: torch.Tensor) -> torch.Tensor:
         if self.config.mapping == "lp":

@@ -6,22 +6,24 @@ Forward, for a timm ViT with P prefix tokens and N patch tokens:
            discarded and *replaced* by the fresh P_l (they never carry into the next block).
 In both, the prompt positions are stripped after the last block, before the final norm and pooling. Prompts carry
 no position embedding (they are inserted after `_pos_embed`). Layers may hold different numbers of prompts
-(`tokens_per_layer`, written by condensation), including none.
+(`tokens_per_layer`, written by condensation), including none. Prompt dropout draws an independent mask for every
+sample of the batch (as the reference implementation, which drops out the batch-expanded prompts).
 """
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import BackboneInfo
-from ..config import PromptConfig
 from ..errors import ConfigError
 from ..registry import register_method
-from .base import PromptMethod
+from .attention import token_keys_values
+from .base import FoldedPrompts, PromptMethod
+from .configs import VPTConfig
 
 
 class TokenPromptBlock(nn.Module):
@@ -40,19 +42,32 @@ class TokenPromptBlock(nn.Module):
 
 
 class TokenPrompts(PromptMethod):
-    """Shared machinery of token-prompt methods: which layers insert, how many tokens each block sees."""
+    """Shared machinery of token-prompt methods: which layers insert, how many tokens each block sees, and the
+    stage hooks (cost, fold into keys/values, condensation) that follow from it.
 
-    needs_vit = True
+    Subclasses hold `self.prompts` (a ParameterList with one (n_l, D) tensor per group: per block when `deep`,
+    one when shallow) and implement `layer_counts`, `layer_prompt` and `condensed_config`.
+    """
+
     deep = True
-    gates: list[torch.Tensor] | None = None  # per-layer (n_l,) multipliers on the inserted tokens (scoring)
+    dropout = 0.0  # prompt dropout on the inserted tokens, an independent mask per sample
+    gates: list[torch.Tensor] | None = None  # per-group (n_g,) multipliers on the inserted tokens (scoring)
 
     def layer_counts(self) -> list[int]:
         """Number of prompt tokens each block sees in its input sequence."""
         raise NotImplementedError
 
     def layer_prompt(self, layer: int) -> torch.Tensor | None:
-        """The (n, D) tokens block `layer` inserts, or None if it inserts nothing."""
+        """The (n, D) tokens block `layer` inserts (before dropout), or None if it inserts nothing."""
         raise NotImplementedError
+
+    def condensed_config(self, counts: list[int]):
+        """This method's config with `counts[g]` prompts in group g."""
+        raise NotImplementedError
+
+    def constant_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Key/value prompts of block `layer` that are constants already (E²VPT); None for plain token prompts."""
+        return None
 
     def attach(self, backbone: nn.Module) -> None:
         if self.attached:
@@ -69,6 +84,8 @@ class TokenPrompts(PromptMethod):
         npre = self.info.num_prefix_tokens
         n_prev = self.layer_counts()[layer - 1] if layer > 0 and self.deep else 0
         tokens = tokens.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        if self.dropout and self.training:
+            tokens = F.dropout(tokens, self.dropout, True)  # on the expanded batch: one mask per sample
         return torch.cat([x[:, :npre], tokens, x[:, npre + n_prev:]], dim=1)
 
     def leave_block(self, layer: int, x: torch.Tensor) -> torch.Tensor:
@@ -77,30 +94,70 @@ class TokenPrompts(PromptMethod):
         npre, n = self.info.num_prefix_tokens, self.layer_counts()[layer]
         return torch.cat([x[:, :npre], x[:, npre + n:]], dim=1) if n else x
 
-    def extra_tokens(self) -> list[tuple[int, int]]:
-        return [(n, n) for n in self.layer_counts()]
+    # -- cost --------------------------------------------------------------------------------------------------
+    def extra_tokens(self, units: list[int] | None = None) -> list[tuple[int, int]]:
+        counts = self.prompt_units() if units is None else list(units)
+        per_block = counts if self.deep else counts[:1] * self.info.depth
+        return [(n, n + self._kv_count(i)) for i, n in enumerate(per_block)]
+
+    def _kv_count(self, layer: int) -> int:
+        kv = self.constant_kv(layer)
+        return 0 if kv is None else kv[0].shape[1]
+
+    # -- deployment ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fold(self, backbone: nn.Module) -> FoldedPrompts:
+        """Deep: block l's tokens are replaced at block l + 1 (stripped after the last), so only their keys and
+        values matter; they become constants in front of the image tokens' (plus any constant key/value prompts).
+        Shallow: the tokens evolve with the image after block 0, so only the inserted tokens are constants."""
+        if self.gates is not None:
+            raise ConfigError("prompt gates are set (a scoring pass is in progress); cannot fold")
+        if not self.deep:
+            tokens = self.layer_prompt(0)
+            return FoldedPrompts(tokens=tokens.detach().clone() if tokens is not None and len(tokens) else None)
+        kv: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        for i, block in enumerate(backbone.blocks):
+            keys, values = [], []
+            const = self.constant_kv(i)
+            if const is not None:
+                keys.append(const[0])
+                values.append(const[1])
+            p = self.layer_prompt(i)
+            if p is not None and p.shape[0]:
+                k, v = token_keys_values(block, p)
+                keys.append(k)
+                values.append(v)
+            cols = sum(k.shape[1] for k in keys)
+            kv.append((torch.cat(keys, 1).detach().clone(), torch.cat(values, 1).detach().clone()) if cols else None)
+        return FoldedPrompts(kv=kv if any(e is not None for e in kv) else None)
+
+    # -- Prompt Condensation -------------------------------------------------------------------------------------
+    def prompt_units(self) -> list[int]:
+        return list(self.layer_counts()) if self.deep else self.layer_counts()[:1]
+
+    def set_unit_gates(self, gates: list[torch.Tensor] | None) -> None:
+        if gates is not None and [len(g) for g in gates] != self.prompt_units():
+            raise ValueError(f"gates of sizes {[len(g) for g in gates]} do not match units {self.prompt_units()}")
+        self.gates = gates
+
+    def unit_rows(self, group: int) -> torch.Tensor:
+        """The stored (n, ·) rows of group `group` that condensation slices."""
+        return self.prompts[group]
+
+    def keep_units(self, masks: list[torch.Tensor]):
+        if [len(m) for m in masks] != self.prompt_units():
+            raise ValueError(f"keep masks of sizes {[len(m) for m in masks]} do not match units {self.prompt_units()}")
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        for g, keep in enumerate(masks):
+            state[f"prompts.{g}"] = self.unit_rows(g).detach()[keep.to(torch.bool)].clone()
+        return self.condensed_config([int(m.sum()) for m in masks]), state
 
 
-def vpt_init_bound(info: BackboneInfo) -> float:
-    """VPT's Xavier-uniform bound, treating a prompt like a patch-embedding row: sqrt(6 / (3·ph·pw + D))."""
+def vpt_init_bound(info: BackboneInfo, dim: int | None = None) -> float:
+    """VPT's Xavier-uniform bound, treating a prompt like a patch-embedding row: sqrt(6 / (3·ph·pw + dim)), with
+    `dim` the prompt's own dim (the embedding dim, or the projection dim when prompts are projected)."""
     ph, pw = info.patch_size
-    return math.sqrt(6.0 / (3 * ph * pw + info.embed_dim))
-
-
-@dataclass
-class VPTConfig(PromptConfig):
-    """VPT prompt tokens."""
-
-    num_tokens: int = field(default=10, metadata={"help": "prompt tokens per layer (deep) or in total (shallow)"})
-    deep: bool = field(default=True, metadata={"help": "new prompts at every block (deep) or only at the input"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on prompt tokens each time they are inserted"})
-    project: int = field(default=-1, metadata={"help": "if > 0, prompts live in this dim and a Linear maps them up"})
-    tokens_per_layer: list[int] | None = field(
-        default=None, metadata={"help": "per-layer prompt counts (deep; written by condensation)"})
-
-    def __post_init__(self):
-        if self.num_tokens < 0 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError("num_tokens must be >= 0 and dropout in [0, 1)")
+    return math.sqrt(6.0 / (3 * ph * pw + (dim or info.embed_dim)))
 
 
 @register_method("vpt")
@@ -108,11 +165,11 @@ class VPT(TokenPrompts):
     """VPT-shallow / VPT-deep with the reference init bound, prompt dropout and optional projection."""
 
     config_cls = VPTConfig
-    can_condense = True
 
     def __init__(self, config: VPTConfig, info: BackboneInfo):
         super().__init__(config, info)
         self.deep = config.deep
+        self.dropout = config.dropout
         counts = config.tokens_per_layer
         if counts is None:
             counts = [config.num_tokens] * (info.depth if config.deep else 1)
@@ -120,14 +177,13 @@ class VPT(TokenPrompts):
             raise ConfigError(f"prompt.tokens_per_layer needs deep=true and {info.depth} non-negative counts")
         self.counts = list(counts)
         dim = config.project if config.project > 0 else info.embed_dim
-        bound = vpt_init_bound(info)
+        bound = vpt_init_bound(info, dim)
         self.prompts = nn.ParameterList(
             [nn.Parameter(torch.empty(n, dim).uniform_(-bound, bound)) for n in self.counts])
         self.proj = None
-        if config.project > 0:
+        if config.project > 0:  # the reference: kaiming-normal (fan_out) weight, the Linear's default bias init
             self.proj = nn.Linear(config.project, info.embed_dim)
             nn.init.kaiming_normal_(self.proj.weight, a=0, mode="fan_out")
-            nn.init.zeros_(self.proj.bias)
 
     def layer_counts(self) -> list[int]:
         return self.counts if self.deep else self.counts * self.info.depth
@@ -136,6 +192,12 @@ class VPT(TokenPrompts):
         if not self.deep and layer > 0:
             return None
         p = self.prompts[layer]
-        if self.proj is not None:
-            p = self.proj(p)
-        return F.dropout(p, self.config.dropout, self.training) if self.config.dropout else p
+        return self.proj(p) if self.proj is not None else p
+
+    def condensed_config(self, counts: list[int]) -> VPTConfig:
+        cfg = copy.deepcopy(self.config)
+        if self.deep:
+            cfg.tokens_per_layer, cfg.num_tokens = list(counts), max(counts)
+        else:
+            cfg.num_tokens = counts[0]
+        return cfg

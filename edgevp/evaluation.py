@@ -1,0 +1,44 @@
+"""Running a model over a data split: the device choice, mixed precision, and loss / top-1 / top-5."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import MissingError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`; asking for CUDA without a GPU is exit 4."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MissingError(f"train.device={name} but no CUDA GPU is available", "use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 (or fp16) autocast on CUDA when `enabled`; a no-op elsewhere."""
+    if device.type != "cuda" or not enabled:
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, device: torch.device, amp: bool = False) -> dict[str, float]:
+    """Loss, top-1 and top-5 (%) over a loader."""
+    model.eval()
+    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        pred = logits.topk(k, dim=1).indices
+        top1 += (pred[:, 0] == y).sum().item()
+        top5 += (pred == y[:, None]).any(dim=1).sum().item()
+        n += len(y)
+    n = max(n, 1)
+    return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
