@@ -45,10 +45,11 @@ def handle_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except ModuleNotFoundError as e:  # a missing optional dependency, named with the install that brings it
-            extra = "train" if (e.name or "").split(".")[0] in ("torch", "timm", "safetensors", "PIL") else "onnx"
+            from .optional import install_hint
+
             if _state["verbose"]:
                 traceback.print_exc()
-            _fail(f"this command needs '{e.name}', which is not installed (pip install 'edgevp[{extra}]')", 4)
+            _fail(f"this command needs '{e.name}', which is not installed ({install_hint(e.name or '?')})", 4)
         except Exception as e:  # an internal error: keep it to one line unless asked
             if _state["verbose"]:
                 traceback.print_exc()
@@ -244,6 +245,10 @@ def report(
     typer.echo(f"report: {md}")
 
 
+# what `data.name` takes: edgevp.data's built-in sets and image folders (named here so listing needs no torch)
+DATASETS = ("fashion_mnist", "digits", "folder")
+
+
 @app.command("list")
 @handle_errors
 def list_(
@@ -270,9 +275,7 @@ def list_(
         for name in timm.list_models(pattern):
             typer.echo(name + ("  (offline weights)" if name in OFFLINE else ""))
     elif what == "datasets":
-        from .data import BUILTIN
-
-        for name in [*BUILTIN, "folder"]:
+        for name in DATASETS:
             typer.echo(name)
     elif what == "exit-codes":
         for code, text in EXIT_CODES.items():

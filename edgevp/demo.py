@@ -97,11 +97,15 @@ def export_and_profile(root: Path, runs: list[Path], rep: Reporter) -> None:
     print(f"report: {md} (Pareto plot: {md.parent / 'pareto.png'})")
 
 
+DEMO_COLUMNS = [("method", "method", "{}"), ("trainable_params", "trainable params", "{:,}"),
+                ("prompt_params", "prompt params", "{:,}"), ("gmacs", "GMACs/image", "{:.3f}"),
+                ("val_top1", "val top-1", "{:.2f}"), ("test_top1", "test top-1", "{:.2f}"),
+                ("train_seconds", "train time (s)", "{:.1f}")]
+
+
 def format_table(rows: list[dict]) -> str:
-    head = "| method | trainable params | prompt params | GMACs/image | val top-1 | test top-1 | train time (s) |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        macs = "n/a" if r.get("gmacs") is None else f"{r['gmacs']:.3f}"
-        lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['prompt_params']:,} | {macs} | "
-                     f"{r['val_top1']:.2f} | {r['test_top1']:.2f} | {r['train_seconds']:.1f} |")
-    return "\n".join(lines)
+    from .tables import cell, markdown_table
+
+    headers = [h for _, h, _ in DEMO_COLUMNS]
+    cells = [[cell(r.get(k), f) for k, _, f in DEMO_COLUMNS] for r in rows]
+    return markdown_table(headers, cells, "l" + "r" * (len(DEMO_COLUMNS) - 1))

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from .errors import ConfigError, IncompatibleError
 from .io import atomic_path, write_json, write_text
+from .optional import pyplot
 from .runs import RunDir
+from .tables import cell, markdown_table
 
 
 def _profiles(runs: list[Path], extra: list[Path] = ()) -> list[dict]:
@@ -18,8 +20,10 @@ def _profiles(runs: list[Path], extra: list[Path] = ()) -> list[dict]:
     then every RUN/profile/profile.json among `runs` (one profile may measure several runs' artifacts)."""
     out = []
     for f, run in [*((Path(p), None) for p in extra), *((r / "profile" / "profile.json", r) for r in runs)]:
-        if run is not None and not f.is_file():
-            continue
+        if not f.is_file():
+            if run is not None:  # a run without a profile
+                continue
+            raise IncompatibleError(f"profile '{f}' does not exist", "give a profile.json written by `edgevp profile`")
         try:
             res = json.loads(Path(f).read_text())
         except (OSError, ValueError):
@@ -102,24 +106,7 @@ COLS = [("method", "method", "{}"), ("prompts_kept", "prompts kept", "{}"), ("tr
 
 
 def table(rows: list[dict]) -> str:
-    def cell(r, k, f):
-        v = r.get(k)
-        return "n/a" if v is None else f.format(*v) if isinstance(v, list) else f.format(v)
-
-    lines = ["| " + " | ".join(h for _, h, _ in COLS) + " |", "|" + "|".join("---" for _ in COLS) + "|"]
-    lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in COLS) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _plt():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
+    return markdown_table([h for _, h, _ in COLS], [[cell(r.get(k), f) for k, _, f in COLS] for r in rows])
 
 
 def _savefig(fig, path: Path) -> None:
@@ -139,9 +126,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def write_report(runs: list[Path], out: Path, profiles: list[Path] = ()) -> tuple[Path, list[dict]]:
     if not runs:
         raise ConfigError("give at least one run directory")
-    out.mkdir(parents=True, exist_ok=True)
     found = _profiles(runs, profiles)
     rows = [summarize(r, found) for r in runs]
+    out.mkdir(parents=True, exist_ok=True)
     files = []
     write_json(out / "summary.json", rows)
     buf = io.StringIO()
@@ -149,7 +136,7 @@ def write_report(runs: list[Path], out: Path, profiles: list[Path] = ()) -> tupl
     w.writeheader()
     w.writerows(rows)
     write_text(out / "summary.csv", buf.getvalue())
-    plt = _plt()
+    plt = pyplot()
     # Pareto: accuracy vs latency when every run was profiled, else vs analytic MACs
     use_lat = all(r.get("latency_p50_ms") for r in rows)
     xkey, xlabel = ("latency_p50_ms", "p50 latency (ms), batch 1") if use_lat else ("gmacs", "GMACs per image")

@@ -1,5 +1,8 @@
 """Run directories: resolved config, manifest, metrics, and prompt(+head)-only safetensors checkpoints.
 
+Reading a run (config, manifest, metrics) needs no torch, so a device with only ONNX Runtime or TensorRT can
+profile and report runs; the checkpoint functions import torch / safetensors when called.
+
     RUN/config.yaml                 resolved RunConfig (every default materialised)
     RUN/manifest.json               versions, seeds, input hashes, stages with timings, parameter counts, memory
     RUN/metrics.jsonl               one JSON line per evaluated epoch
@@ -14,14 +17,16 @@ import json
 import platform
 import sys
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig, load_yaml, run_config_to_yaml, to_dict
 from .errors import IncompatibleError
 from .io import atomic_path, read_json, write_json, write_text
+from .optional import optional
 from .recipe import build_run_config
+
+if TYPE_CHECKING:
+    import torch
 
 SCHEMA_VERSION = 1
 CHECKPOINT_FORMAT = "edgevp-prompt-v1"
@@ -54,10 +59,13 @@ def environment() -> dict[str, Any]:
     versions = package_versions(("torch", "timm", "torchvision", "safetensors", "numpy", "onnx", "onnxruntime",
                                  "tensorrt"))
     env = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": platform.processor() or
-           platform.machine(), "torch_threads": torch.get_num_threads(), "packages": versions}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["cuda"] = torch.version.cuda
+           platform.machine(), "packages": versions}
+    torch = optional("torch")
+    if torch is not None:
+        env["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name(0)
+            env["cuda"] = torch.version.cuda
     return env
 
 
@@ -98,7 +106,8 @@ class RunDir:
     # -- reading -------------------------------------------------------------------------------------------------
     def manifest(self) -> dict:
         if not self.manifest_path.is_file():
-            raise IncompatibleError(f"'{self.path}' is not an edgevp run directory (no manifest.json)")
+            why = "no manifest.json" if self.path.is_dir() else "it does not exist"
+            raise IncompatibleError(f"'{self.path}' is not an edgevp run directory ({why})")
         try:
             m = read_json(self.manifest_path)
         except json.JSONDecodeError:
@@ -170,6 +179,8 @@ def read_checkpoint(path: Path, cfg: RunConfig | None = None) -> tuple[dict[str,
 
 
 def save_resume(run: RunDir, payload: dict) -> None:
+    import torch
+
     with atomic_path(run.resume_path) as tmp:
         torch.save(payload, tmp)
 
@@ -177,4 +188,6 @@ def save_resume(run: RunDir, payload: dict) -> None:
 def load_resume(run: RunDir) -> dict | None:
     if not run.resume_path.is_file():
         return None
+    import torch
+
     return torch.load(run.resume_path, map_location="cpu", weights_only=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..io import atomic_path, write_json, write_text
+from ..optional import pyplot
 from ..runs import RunDir
 
 
@@ -35,12 +36,8 @@ def write_condense_artifacts(run: RunDir, report: dict, scores: list[torch.Tenso
 
 
 def _plots(d, scores: list[torch.Tensor], masks: list[torch.Tensor], title: str) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []  # CSVs carry the same data; plots need the `plot` extra
     width = max(len(m) for m in masks)
     grid = torch.full((len(masks), width), float("nan"))

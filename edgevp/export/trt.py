@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import MissingError, VerificationError
 from ..io import sha256_file as sha256, write_json
+from ..optional import require
 from .onnx import INPUT, build_fp32
 from .ort import _accuracy_gate, gate_vs_fp32, to_fp16, to_int8
 from .targets import register_target
@@ -69,11 +70,7 @@ Lock the clocks for timing on a Jetson (`sudo nvpmodel -m <mode>`, `sudo jetson_
 
 
 def _trt():
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise MissingError(f"TensorRT is not installed here ({e})") from None
-    return tensorrt
+    return require("tensorrt", "building a TensorRT engine")
 
 
 def gpu() -> tuple[str, str] | None:

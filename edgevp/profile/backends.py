@@ -1,8 +1,7 @@
 """Inference backends for timing: ONNX Runtime (CPU / CUDA / TensorRT execution providers), TensorRT engines and
-PyTorch. Each `prepare(...)` returns (call, sync, conditions) where `conditions` records what really ran."""
+PyTorch. Each `prepare_*(...)` returns (call, sync, conditions) where `conditions` records what really ran."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -10,6 +9,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, IncompatibleError, MissingError
+from ..optional import require
+from .trt_runtime import TrtEngineRunner, check_sidecar  # noqa: F401 (check_sidecar: re-exported)
 
 ORT_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
                  "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -31,10 +32,7 @@ def _input_shape(dims, batch: int) -> list[int]:
 
 def prepare_ort(path: str | Path, batch: int, device: str = "cpu", threads: int | None = None):
     """An ONNX Runtime session on the requested execution provider; refuses one that silently fell back."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MissingError("the ort backend needs onnxruntime", "pip install onnxruntime (or onnxruntime-gpu)") from None
+    ort = require("onnxruntime", "the ort backend", "pip install 'edgevp[onnx]', or onnxruntime-gpu on a CUDA machine")
     wanted = ORT_PROVIDERS.get(device)
     if wanted is None:
         raise ConfigError(f"unknown ort device '{device}'", "choose cpu, cuda or tensorrt")
@@ -68,26 +66,8 @@ def _onnx_precision(sess) -> str:
 
 def prepare_trt(engine: str | Path, batch: int):
     """A TensorRT engine through the TensorRT runtime, after checking its sidecar against this GPU/TensorRT."""
-    from .trt_runtime import TrtEngineRunner
-
     runner = TrtEngineRunner(engine, batch)
     return runner.infer, runner.sync, runner.conditions
-
-
-def check_sidecar(engine: str | Path, trt_version: str, gpu: str | None) -> dict:
-    """Refuse an engine built for another TensorRT version or GPU (engines are not portable)."""
-    side = Path(str(engine)).with_suffix(".json")
-    if not side.is_file():
-        return {}
-    meta = json.loads(side.read_text())
-    built_trt, built_gpu = meta.get("tensorrt_version"), meta.get("gpu")
-    if built_trt and built_trt.split(".")[:2] != trt_version.split(".")[:2]:
-        raise IncompatibleError(f"engine '{engine}' was built with TensorRT {built_trt}, this is {trt_version}",
-                                "rebuild it on this device (see build_engine.sh in the export bundle)")
-    if built_gpu and gpu and built_gpu != gpu:
-        raise IncompatibleError(f"engine '{engine}' was built on {built_gpu}, this GPU is {gpu}",
-                                "rebuild it on this device (see build_engine.sh in the export bundle)")
-    return meta
 
 
 def prepare_torch(model, batch: int, input_size, device: str = "cpu", compile: bool = False,

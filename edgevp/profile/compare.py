@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import EdgevpError, MissingError
+from ..errors import EdgevpError, IncompatibleError, MissingError
 from .latency import LatencyStats, median_of
 
 
@@ -70,7 +70,7 @@ def compare(variants: list[Variant], batches: list[int], rounds: int = 3, warmup
         raise ValueError("nothing to profile")
     for v in variants:
         if not Path(v.artifact.partition("#")[0]).exists():
-            raise EdgevpError(f"artifact '{v.artifact}' not found")
+            raise IncompatibleError(f"artifact '{v.artifact}' does not exist")
     costs = {v.name: ({} if v.backend.startswith("torch") else artifact_cost(v.artifact)) for v in variants}
     rows, conditions = [], {}
     for b in batches:

@@ -1,8 +1,9 @@
 """Multiply-accumulates counted on an ONNX graph: MatMul (attention products included), Gemm and Conv.
 
-Counting on the exported graph sees exactly what runs; torch-level counters silently skip fused attention
-(deploy-toolchain.md A3). Shapes come from ONNX shape inference with the batch fixed to 1. Nodes are attributed to
-transformer blocks by the exporter's scope names (`blocks.N`), so a per-block breakdown comes with the total.
+Counting on the exported graph sees exactly what runs; torch-level counters silently skip fused attention. Shapes
+come from ONNX shape inference with the batch fixed to 1 (ONNX Runtime fills in what inference cannot resolve). Nodes
+are attributed to transformer blocks by the exporter's scope names (`blocks.N`), so a per-block breakdown comes with
+the total.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IncompatibleError, MissingError
+from ..errors import IncompatibleError
+from ..optional import optional, require
 
 _BLOCK = re.compile(r"blocks\.(\d+)")
 
@@ -31,11 +33,7 @@ class GraphCost:
 
 
 def _onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise MissingError("counting MACs on a graph needs 'onnx'", "pip install onnx") from None
-    return onnx
+    return require("onnx", "counting MACs on a graph")
 
 
 def load_model(path: str | Path):
@@ -64,10 +62,8 @@ def _shapes(model) -> dict[str, list[int | None]]:
 
 def _shapes_by_running(model, names: set[str]) -> dict[str, list[int]]:
     """Shapes that inference could not resolve, read off one ONNX Runtime run at batch 1."""
-    onnx = _onnx()
-    try:
-        import onnxruntime as ort
-    except ImportError:
+    onnx, ort = _onnx(), optional("onnxruntime")
+    if ort is None:
         return {}
     m = onnx.ModelProto()
     m.CopyFrom(model)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 
 from ..io import write_json, write_text
+from ..tables import cell, markdown_table
 
 COLUMNS = [("variant", "variant", "{}"), ("batch", "batch", "{}"), ("p50_ms", "p50 ms", "{:.2f}"),
            ("p90_ms", "p90 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"), ("mean_ms", "mean ms", "{:.2f}"),
@@ -16,24 +16,19 @@ COLUMNS = [("variant", "variant", "{}"), ("batch", "batch", "{}"), ("p50_ms", "p
            ("bytes", "size MB", "{:.2f}"), ("peak_rss_mib", "peak RSS MiB", "{:.0f}")]
 
 
-def _cell(row: dict, key: str, fmt: str) -> str:
+SCALE = {"macs": 1e9, "bytes": 2**20}  # shown as GMACs and MB
+
+
+def _value(row: dict, key: str):
     v = row.get(key)
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    if key == "macs":
-        v = v / 1e9
-    if key == "bytes":
-        v = v / 2**20
-    if key == "ratio_p50_rounds":
-        return fmt.format(min(v), max(v)) if v else "n/a"
-    return fmt.format(v)
+    if key == "ratio_p50_rounds":  # the spread of the per-round ratios
+        return [min(v), max(v)] if v else None
+    return v / SCALE[key] if key in SCALE and v is not None else v
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    sep = "|" + "|".join("---" if k == "variant" else "---:" for k, _, _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
-    return "\n".join([head, sep, *body])
+    return markdown_table([h for _, h, _ in COLUMNS], [[cell(_value(r, k), f) for k, _, f in COLUMNS] for r in rows],
+                          "".join("l" if k == "variant" else "r" for k, _, _ in COLUMNS))
 
 
 def write_results(out_dir: Path, result: dict, stem: str = "profile") -> list[Path]:

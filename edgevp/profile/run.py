@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError, DataError, IncompatibleError
+from ..errors import ConfigError, IncompatibleError
 from .compare import Variant, compare
 from .report_table import write_results
 
@@ -30,7 +30,8 @@ def run_variants(run: Path, backend: str, device: str) -> list[Variant]:
     export = run / "export"
     found = sorted(export.glob("*.onnx")) if export.is_dir() else []
     if not found:
-        raise DataError(f"run '{run}' has no exported ONNX files in {export}", f"run: edgevp export {run} --target onnx")
+        raise IncompatibleError(f"run '{run}' has no exported ONNX files in {export}",
+                                f"run: edgevp export {run} --with-references")
     order = {"bare": 0, "unfolded": 1}
     found.sort(key=lambda p: (order.get(p.stem, 3), p.name))
     variants = [_variant(p, backend, device, RUN_LABELS.get(p.stem)) for p in found]
@@ -80,6 +81,8 @@ def profile_targets(target: Path, against: list[Path], backend: str, device: str
                     iters: int, rounds: int, threads: int | None, out: Path | None) -> tuple[dict, list[Path]]:
     if backend not in ("ort", "trt", "trtexec", "torch", "torch-compile"):
         raise ConfigError(f"unknown backend '{backend}'", "choose ort, trt, trtexec or torch")
+    if not target.exists():
+        raise IncompatibleError(f"'{target}' does not exist", "give an artifact (.onnx, .engine) or a run directory")
     if backend.startswith("torch") and not target.is_dir():
         raise ConfigError("--backend torch profiles a run directory (PyTorch eager), not an artifact")
     if backend == "torch-compile" and device != "cuda":

@@ -1,14 +1,17 @@
 """Run a serialized TensorRT engine with nothing but `tensorrt` and the CUDA runtime library (JetPack provides
-both): device memory and streams through ctypes, no torch, no pycuda."""
+both): device memory and streams through ctypes, no torch, no pycuda. An engine's sidecar JSON is checked first:
+engines built with another TensorRT version or on another GPU are refused."""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, IncompatibleError, MissingError
+from ..optional import require
 from .device import gpu_name
 
 _H2D, _D2H = 1, 2
@@ -62,24 +65,34 @@ class CudaRT:
 
 
 def _trt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise MissingError("profiling an engine needs TensorRT's Python package",
-                           "on a Jetson it comes with JetPack; elsewhere use --backend trtexec or ort") from None
-    return trt
+    return require("tensorrt", "profiling an engine", "on a Jetson it comes with JetPack; elsewhere use --backend "
+                                                      "trtexec or ort")
+
+
+def check_sidecar(engine: str | Path, trt_version: str, gpu: str | None) -> dict:
+    """Refuse an engine built for another TensorRT version or GPU (engines are not portable)."""
+    side = Path(str(engine)).with_suffix(".json")
+    if not side.is_file():
+        return {}
+    meta = json.loads(side.read_text())
+    built_trt, built_gpu = meta.get("tensorrt_version"), meta.get("gpu")
+    if built_trt and built_trt.split(".")[:2] != trt_version.split(".")[:2]:
+        raise IncompatibleError(f"engine '{engine}' was built with TensorRT {built_trt}, this is {trt_version}",
+                                "rebuild it on this device (see build_engine.sh in the export bundle)")
+    if built_gpu and gpu and built_gpu != gpu:
+        raise IncompatibleError(f"engine '{engine}' was built on {built_gpu}, this GPU is {gpu}",
+                                "rebuild it on this device (see build_engine.sh in the export bundle)")
+    return meta
 
 
 class TrtEngineRunner:
     """Deserialize an engine, bind device buffers for a fixed batch, and expose `infer` / `sync` for timing."""
 
     def __init__(self, engine_path: str | Path, batch: int, cuda: CudaRT | None = None):
-        from .backends import check_sidecar
-
-        trt = _trt()
         path = Path(engine_path)
         if not path.is_file():
-            raise ConfigError(f"engine '{path}' not found")
+            raise IncompatibleError(f"engine '{path}' does not exist")
+        trt = _trt()
         meta = check_sidecar(path, trt.__version__, gpu_name())
         self.cuda = cuda or CudaRT()
         logger = trt.Logger(trt.Logger.WARNING)
