@@ -17,6 +17,8 @@ _API = {
     "build_model": "edgevp.model",
     "load_run": "edgevp.model",
     "fit": "edgevp.train",
+    "pack": "edgevp.multitask.pipeline",
+    "PackOptions": "edgevp.multitask.pipeline",
     "list_methods": "edgevp.registry",
     "register_method": "edgevp.registry",
     "PromptedModel": "edgevp.prompts.base",

@@ -353,5 +353,44 @@ def export_(
                f"{', '.join(sidecar['files'])} in {out or run / 'export'}")
 
 
+@app.command(epilog="Examples: `edgevp pack runs/a runs/b -o runs/pack` · `edgevp pack runs/a runs/b -o runs/pack "
+                    "--tables-as-inputs` · `edgevp pack runs/a runs/b -o runs/pack --target trt-fp16`")
+@handle_errors
+def pack(
+    runs: Annotated[list[Path], typer.Argument(help="trained (or condensed) run directories on the same backbone")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory of the pack")],
+    target: Annotated[str, typer.Option(help="onnx | ort-fp16 | trt-fp32 | trt-fp16 (a device bundle)")] = "onnx",
+    tables_as_inputs: Annotated[bool, typer.Option(
+        help="the task tables become graph inputs read from tables.npz: add or update a task without a rebuild")]
+    = False,
+    include_preprocess: Annotated[bool, typer.Option("--include-preprocess/--no-preprocess",
+                                                     help="the graph takes [0,1] images (normalisation inside)")]
+    = True,
+    opset: Annotated[int, typer.Option(help="ONNX opset: 18, or 17 for older TensorRT")] = 18,
+    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    gate_images: Annotated[int, typer.Option(help="validation images per task for the exactness gate")] = 32,
+    atol: Annotated[float, typer.Option(help="max abs logit difference, pack vs each run's own export")] = 1e-4,
+    max_drop: Annotated[float, typer.Option(help="fp16: allowed val top-1 drop per task vs fp32 (points)")] = 2.0,
+    trt_max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the dynamic profile")] = 8,
+) -> None:
+    """One graph for many tasks: pack runs that share a backbone; every sample picks its task (`task` input).
+
+    Exit codes: 2 no runs, a run twice, runs on different backbones/inputs, a method with no task form ·
+    3 the pack differs from a run's own export (kept as `.failed`) · 6 not a run directory.
+    """
+    from .multitask.pipeline import PackOptions, pack as pack_runs
+
+    opts = PackOptions(target=target, tables_as_inputs=tables_as_inputs, include_preprocess=include_preprocess,
+                       opset=opset, checkpoint=checkpoint, gate_images=gate_images, atol=atol, max_drop=max_drop,
+                       trt_max_batch=trt_max_batch)
+    side = pack_runs(runs, out, opts)
+    worst = max(r["max_abs"] for r in side["parity"]["per_task"])
+    typer.echo(f"done: {len(side['tasks'])} tasks in one {target} graph, max abs vs own exports {worst:.2e}, mixed "
+               f"batch {side['parity']['mixed_batch']['max_abs']:.2e} -> {', '.join(side['files'])} in {out}")
+    for r in side["parity"]["per_task"]:
+        typer.echo(f"  task {r['task']} {r['run']}: val top-1 {r['top1_pack']:.2f} (own export "
+                   f"{r['top1_own_export']:.2f}) on {r['images']} images")
+
+
 def main() -> None:
     app()

@@ -111,7 +111,7 @@ class DeployModel(nn.Module):
         return y.index_select(1, self.label_map) if self.label_map is not None else y
 
 
-def _fix_img_size(backbone: nn.Module) -> bool:
+def fix_img_size(backbone: nn.Module) -> bool:
     """Turn a timm ViT built with `dynamic_img_size` into its fixed-size form (same values, no pos_embed resample).
 
     With `dynamic_img_size` the patch embedding emits NHWC and `_pos_embed` resamples `pos_embed`, which the
@@ -144,6 +144,21 @@ def _posembed_fold_blocker(backbone: nn.Module) -> str:
     return ""
 
 
+def pos_embed_delta(prompt: torch.Tensor, std: torch.Tensor, backbone: nn.Module) -> tuple[torch.Tensor | None, str]:
+    """What pixel prompt `prompt` (3, L, L) adds to the patch rows of `pos_embed`: (delta (N, D), '') when the
+    fold is exact, else (None, the reason). conv(normalize(x + P)) = conv(normalize(x)) + conv_nobias(P / std)."""
+    blocker = _posembed_fold_blocker(backbone)
+    if blocker:
+        return None, blocker
+    proj = backbone.patch_embed.proj
+    scaled = (prompt / std.reshape(-1, 1, 1)).unsqueeze(0)  # (1, 3, L, L) in normalised space
+    delta = F.conv2d(scaled, proj.weight, None, proj.stride).flatten(2).transpose(1, 2)[0]  # (N, D)
+    n, rows = delta.shape[0], backbone.pos_embed.shape[1]
+    if rows != (n if getattr(backbone, "no_embed_class", False) else n + backbone.num_prefix_tokens):
+        return None, f"pos_embed has {rows} rows for {n} patches"
+    return delta, ""
+
+
 def _fold_pixel(prompt: torch.Tensor, model: PromptedModel, backbone: nn.Module, report: FoldReport
                 ) -> torch.Tensor | None:
     """Fold the pixel prompt (3, L, L) into the backbone copy, or return the constant that carries it.
@@ -152,25 +167,18 @@ def _fold_pixel(prompt: torch.Tensor, model: PromptedModel, backbone: nn.Module,
         None for the pos_embed fold, the shifted mean (1, 3, L, L) for "mean", the normalised-space bias for
         "input_bias".
     """
-    scaled = (prompt / model.std[0]).unsqueeze(0)  # (1, 3, L, L) in normalised space
-    blocker = _posembed_fold_blocker(backbone)
-    if not blocker:
-        proj = backbone.patch_embed.proj
-        delta = F.conv2d(scaled, proj.weight, None, proj.stride).flatten(2).transpose(1, 2)  # (1, N, D)
-        n, rows = delta.shape[1], backbone.pos_embed.shape[1]
-        if rows != (n if getattr(backbone, "no_embed_class", False) else n + backbone.num_prefix_tokens):
-            blocker = f"pos_embed has {rows} rows for {n} patches"
-        else:
-            with torch.no_grad():
-                backbone.pos_embed[:, rows - n:] += delta  # the patch rows; prefix rows unchanged
-            report.pixel = "pos_embed"
-            return None
+    delta, blocker = pos_embed_delta(prompt, model.std[0], backbone)
+    if delta is not None:
+        with torch.no_grad():
+            backbone.pos_embed[:, -delta.shape[0]:] += delta  # the patch rows; prefix rows unchanged
+        report.pixel = "pos_embed"
+        return None
     report.pixel_reason = blocker
     if report.include_preprocess:
         report.pixel = "mean"
         return model.mean - prompt.unsqueeze(0)
     report.pixel = "input_bias"
-    return scaled
+    return (prompt / model.std[0]).unsqueeze(0)
 
 
 def _fold_tokens(folded: FoldedPrompts, backbone: nn.Module, num_prefix: int, report: FoldReport) -> None:
@@ -212,7 +220,7 @@ def to_deploy(model: PromptedModel, include_preprocess: bool = True) -> DeployMo
     backbone = work.detach_method()
     for p in backbone.parameters():
         p.requires_grad_(False)
-    report.fixed_img_size = _fix_img_size(backbone)
+    report.fixed_img_size = fix_img_size(backbone)
     folded = work.method.fold(backbone)
     mean, bias = work.mean, None
     if folded.pixel is not None:
@@ -233,7 +241,7 @@ def bare_deploy(model: PromptedModel, include_preprocess: bool = True) -> Deploy
     cost reference for profiling."""
     work = copy.deepcopy(model).eval()
     backbone = work.detach_method()
-    _fix_img_size(backbone)
+    fix_img_size(backbone)
     deploy = DeployModel(backbone, work.mean, work.std, include_preprocess)
     deploy.report = FoldReport(method="bare", include_preprocess=include_preprocess)
     return deploy

@@ -15,11 +15,12 @@ def missing_attention_part(attn: nn.Module) -> str:
 
 
 def attention_with_kv_prefix(a: nn.Module, x: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
-                             training: bool = False) -> torch.Tensor:
+                             training: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
     """timm Attention `a` on tokens `x` (B, N, C) with keys `pk` and values `pv` in front of the tokens' own keys and
     values; only the tokens query, so the output keeps N rows.
 
     `pk`/`pv` are (heads, n, head_dim), shared by the batch, or (B, heads, n, head_dim), one set per sample.
+    `mask` (B, 1, 1, n + N), added to the attention logits, takes key columns out exactly with -inf (padding).
     """
     B, N, C = x.shape
     gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
@@ -30,9 +31,10 @@ def attention_with_kv_prefix(a: nn.Module, x: torch.Tensor, pk: torch.Tensor, pv
     k = torch.cat([pk.to(k.dtype), k], dim=2)
     v = torch.cat([pv.to(v.dtype), v], dim=2)
     if getattr(a, "fused_attn", False):
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=a.attn_drop.p if training else 0.0)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=a.attn_drop.p if training else 0.0)
     else:
-        x = a.attn_drop(((q * a.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+        scores = (q * a.scale) @ k.transpose(-2, -1)
+        x = a.attn_drop((scores if mask is None else scores + mask).softmax(dim=-1)) @ v
     x = x.transpose(1, 2).reshape(B, N, getattr(a, "attn_dim", C))
     x = a.norm(x) if hasattr(a, "norm") else x
     if gate is not None:

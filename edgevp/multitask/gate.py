@@ -1,0 +1,90 @@
+"""The pack's exactness gate: each task through the pack equals the run's own folded export on the task's validation
+images, and a shuffled mixed-task batch equals the per-sample results. fp16 packs also report each task's top-1
+against the fp32 pack and fail beyond `max_drop` points."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..export.onnx import compare, run_ort
+from .graph import run_pack, session
+
+
+def task_images(task, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` validation images of a task's run (float32 in [0, 1]) and their labels."""
+    import torch
+
+    from ..data import load_data
+
+    ds = load_data(task.cfg.data, task.model.info).val
+    n = min(n, len(ds))
+    xs, ys = zip(*(ds[i] for i in range(n)))
+    return torch.stack(xs).numpy().astype(np.float32), np.asarray(ys, dtype=np.int64)
+
+
+def _normalised(task, x: np.ndarray, include_preprocess: bool) -> np.ndarray:
+    if include_preprocess:
+        return x
+    mean, std = task.model.mean.numpy(), task.model.std.numpy()
+    return ((x - mean) / std).astype(np.float32)
+
+
+def gate_pack(work: Path, tasks, references: list[Path], tables, opts) -> dict:
+    """Run the gate on `work/model.onnx` (and convert to fp16 when the target asks); returns status and reports."""
+    from ..export.onnx import session as ort_session
+
+    flat = {k: v.numpy() for k, v in tables.flat().items()}
+    sess = session(work / "model.onnx")
+    per_task, batches, worst, pack_logits = [], [], 0.0, []
+    for i, (task, ref_path) in enumerate(zip(tasks, references)):
+        x, y = task_images(task, opts.gate_images)
+        x = _normalised(task, x, opts.include_preprocess)
+        ref = run_ort(ort_session(ref_path), x, 8)
+        got = run_pack(sess, x, np.full(len(x), i), flat)
+        rep = compare(ref, got[:, :ref.shape[1]])
+        rep.update(task=i, run=task.run.name, top1_pack=float((got.argmax(1) == y).mean() * 100),
+                   top1_own_export=float((ref.argmax(1) == y).mean() * 100))
+        per_task.append(rep)
+        batches.append((x, np.full(len(x), i), y))
+        pack_logits.append(got)
+        worst = max(worst, rep["max_abs"])
+    x_all = np.concatenate([b[0] for b in batches])
+    t_all = np.concatenate([b[1] for b in batches])
+    order = np.random.default_rng(0).permutation(len(x_all))
+    mixed = run_pack(sess, x_all[order], t_all[order], flat, batch=8)
+    single = np.concatenate(pack_logits)[order]
+    mixed_rep = compare(single, mixed)
+    ok = (worst <= opts.atol and all(r["top1_agreement"] == 1.0 for r in per_task)
+          and mixed_rep["max_abs"] <= opts.atol and mixed_rep["top1_agreement"] == 1.0)
+    result = {"status": "ok" if ok else "failed", "parity": {"per_task": per_task, "mixed_batch": mixed_rep,
+                                                            "atol": opts.atol}}
+    if not ok:
+        result["error"] = (f"pack vs own exports max abs {worst:.3g}, mixed batch vs per-sample max abs "
+                           f"{mixed_rep['max_abs']:.3g} (tolerance {opts.atol:g})")
+        return result
+    if opts.target in ("ort-fp16", "trt-fp16"):
+        _fp16_gate(work, batches, pack_logits, flat, opts, result)
+    return result
+
+
+def _fp16_gate(work: Path, batches, fp32_logits, flat, opts, result: dict) -> None:
+    """Convert to fp16 (LayerNorm/Softmax kept fp32) and compare every task's val top-1 with the fp32 pack."""
+    from ..export.ort import to_fp16
+
+    to_fp16(work / "model.onnx", work / "model.fp16.onnx")
+    sess = session(work / "model.fp16.onnx")
+    reports = []
+    for i, ((x, t, y), ref) in enumerate(zip(batches, fp32_logits)):
+        got = run_pack(sess, x, t, flat)
+        rep = compare(ref, got)
+        rep.update(task=i, top1_fp32=float((ref.argmax(1) == y).mean() * 100),
+                   top1=float((got.argmax(1) == y).mean() * 100))
+        rep["top1_drop"] = rep["top1_fp32"] - rep["top1"]
+        reports.append(rep)
+    result["accuracy_vs_fp32"] = reports
+    worst = max(r["top1_drop"] for r in reports)
+    if worst > opts.max_drop:
+        result.update(status="failed", error=f"fp16 pack drops {worst:.2f} val top-1 points on a task vs fp32 "
+                                              f"(max {opts.max_drop:g})")
+    (work / "model.onnx").unlink()  # the fp16 target's artifact is model.fp16.onnx

@@ -1,0 +1,220 @@
+"""`edgevp pack RUN [RUN ...] -o DIR`: several trained runs on one shared backbone as one graph.
+
+Checks that the runs share the backbone (name, frozen weights, input size, preprocessing), makes sure each run has
+its own folded export (exporting it when missing), stacks the tasks' folded prompts into tables (`tables.py`),
+exports the multi-task graph (`model.py`) and gates it: for each task, the pack on that task's validation images
+equals the run's own export, and a shuffled mixed-task batch equals the per-sample results. A failed gate leaves
+the artifact only as `*.failed` (exit 3). Files in DIR: `model.onnx` (or `model.fp16.onnx`), `tasks.json`,
+`pack.json` (the sidecar), `tables.npz` with `tables_as_inputs`, and a TensorRT bundle for `trt-*` targets.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..config import check_options
+from ..errors import ConfigError, VerificationError
+from ..io import sha256_file, write_json
+from .tables import PAD_LOGIT
+
+TARGETS = ("onnx", "ort-fp16", "trt-fp32", "trt-fp16")
+
+
+@dataclass
+class PackOptions:
+    """Options of `edgevp pack` (the CLI options have the same names)."""
+
+    target: Literal["onnx", "ort-fp16", "trt-fp32", "trt-fp16"] = "onnx"
+    tables_as_inputs: bool = False  # tables are graph inputs read from tables.npz: add tasks without a rebuild
+    include_preprocess: bool = True  # the graph takes [0, 1] images (normalisation inside)
+    opset: int = 18
+    checkpoint: Literal["best", "last"] = "best"
+    gate_images: int = 32  # validation images per task for the exactness gate
+    atol: float = 1e-4  # max abs logit difference, pack vs each run's own export
+    max_drop: float = 2.0  # fp16: allowed val top-1 drop per task vs the fp32 pack, percentage points
+    trt_max_batch: int = 8
+    max_tasks: int = 16  # TensorRT with tables as inputs: the task axis of the profile goes up to this
+    update_tables: bool = False  # keep `out`'s graph (tables as inputs) and write new tables for these runs
+
+    def __post_init__(self):
+        check_options(self)
+        if self.gate_images < 1 or self.trt_max_batch < 1 or self.max_tasks < 1:
+            raise ConfigError("gate_images, trt_max_batch and max_tasks must be >= 1")
+        if self.atol < 0 or self.max_drop < 0:
+            raise ConfigError("atol and max_drop must be >= 0")
+        if self.opset not in (17, 18):
+            raise ConfigError(f"opset must be 17 or 18, got {self.opset}")
+
+
+@dataclass
+class Task:
+    """One run as a task of the pack."""
+
+    run: Path
+    cfg: object  # RunConfig
+    model: object  # PromptedModel
+    header: dict
+    classes: list[str]
+    fingerprint: str  # sha256 of the frozen backbone's tensors (the classifier excluded)
+
+
+def backbone_fingerprint(model) -> str:
+    """sha256 over the frozen backbone's tensors, the classifier excluded: equal iff the backbones compute alike."""
+    work = copy.deepcopy(model)
+    backbone = work.detach_method()
+    head = {id(p) for p in backbone.get_classifier().parameters()}
+    h = hashlib.sha256()
+    for name, p in backbone.state_dict(keep_vars=True).items():
+        if id(p) not in head:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_tasks(runs: list[Path], checkpoint: str) -> list[Task]:
+    """Load every run; one line and exit 2 for an empty list, a repeated run or the first incompatibility."""
+    from ..data import load_splits
+    from ..model import load_run
+    from ..runs import RunDir
+
+    if not runs:
+        raise ConfigError("give at least one run directory to pack")
+    seen: dict[Path, Path] = {}
+    for r in runs:
+        key = Path(r).resolve()
+        if key in seen:
+            raise ConfigError(f"run '{r}' is given twice", "each task is one run; list it once")
+        seen[key] = Path(r)
+        RunDir(r).manifest()
+    tasks = []
+    for r in runs:
+        cfg, model, header = load_run(r, checkpoint)
+        classes = list(load_splits(cfg.data).classes)
+        tasks.append(Task(Path(r), cfg, model, header, classes, backbone_fingerprint(model)))
+    _check_compatible(tasks)
+    return tasks
+
+
+def _check_compatible(tasks: list[Task]) -> None:
+    first = tasks[0]
+
+    def facts(t: Task) -> list[tuple[str, object]]:
+        info = t.model.info
+        return [("backbone", t.cfg.backbone.name), ("input size", tuple(info.input_size)),
+                ("normalisation mean", tuple(info.mean)), ("normalisation std", tuple(info.std)),
+                ("resize policy", t.cfg.data.resize), ("backbone weights (sha256 of the frozen tensors)", t.fingerprint)]
+
+    for t in tasks[1:]:
+        for (what, want), (_, got) in zip(facts(first), facts(t)):
+            if want != got:
+                raise ConfigError(f"runs '{first.run}' and '{t.run}' differ in {what}: {want} vs {got}",
+                                  "a pack shares one backbone: pack runs trained on the same backbone and input")
+
+
+def own_export(task: Task, opts: PackOptions) -> Path:
+    """The run's own folded fp32 export (`RUN/export/model.onnx`), exported now when missing or not comparable."""
+    from ..export.pipeline import ExportOptions, export_run
+    from ..io import read_json
+
+    onnx_path, side = task.run / "export" / "model.onnx", task.run / "export" / "model.json"
+    ok = onnx_path.is_file() and side.is_file()
+    if ok:
+        meta = read_json(side)
+        ok = (meta.get("status") == "ok" and meta.get("fold", {}).get("include_preprocess") == opts.include_preprocess
+              and meta.get("source_checkpoint_sha256") == sha256_file(task.run / "checkpoints" /
+                                                                         f"{opts.checkpoint}.safetensors"))
+    if not ok:
+        export_run(task.run, ExportOptions(include_preprocess=opts.include_preprocess, checkpoint=opts.checkpoint))
+    return onnx_path
+
+
+def build_packed(tasks: list[Task], opts: PackOptions):
+    """(PackedModel, PackTables, fold report) of the tasks."""
+    from ..export.fold import fix_img_size
+    from .model import PackedModel
+    from .tables import stack_tables, task_fold
+
+    folds = []
+    for t in tasks:
+        work = copy.deepcopy(t.model).eval()
+        backbone = work.detach_method()
+        fix_img_size(backbone)
+        folds.append(task_fold(work, backbone))
+    work = copy.deepcopy(tasks[0].model).eval()
+    backbone = work.detach_method()
+    fix_img_size(backbone)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    tables, report = stack_tables(folds, backbone, work.std[0])
+    model = PackedModel(backbone, work.mean, work.std, opts.include_preprocess, tables, opts.tables_as_inputs)
+    return model, tables, report
+
+
+def pack(runs: list[str | Path], out: str | Path, opts: PackOptions | None = None) -> dict:
+    """Pack `runs` into one multi-task artifact in `out`; returns the sidecar (also written as `pack.json`).
+
+    Raises:
+        ConfigError (2): no runs, a run twice, runs on different backbones/inputs, a method with no task form.
+        IncompatibleError (6): not a run directory. VerificationError (3): the exactness gate failed.
+
+    Example:
+        >>> edgevp.pack(["runs/fmnist-vpt", "runs/digits-lorvp"], "runs/pack")
+    """
+    from .. import __version__
+    from ..export.pipeline import _install, _writable_dir
+    from ..runs import now
+    from .gate import gate_pack
+    from .graph import export_pack, write_trt_bundle
+
+    opts = opts or PackOptions()
+    runs = [Path(r) for r in runs]
+    tasks = load_tasks(runs, opts.checkpoint)
+    out = Path(out)
+    if out.resolve() in {t.run.resolve() for t in tasks}:
+        raise ConfigError(f"output '{out}' is one of the runs", "pack into a new directory")
+    _writable_dir(out)
+    references = [own_export(t, opts) for t in tasks]
+    model, tables, fold = build_packed(tasks, opts)
+    work = Path(tempfile.mkdtemp(prefix=".pack-", dir=out))
+    try:
+        onnx_meta = export_pack(model, tables, tasks, opts, fold, work / "model.onnx")
+        files = ["model.onnx", *(["tables.npz"] if opts.tables_as_inputs else [])]
+        if opts.tables_as_inputs:
+            np.savez(work / "tables.npz", **{k: v.numpy() for k, v in tables.flat().items()})
+        gate = gate_pack(work, tasks, references, tables, opts)
+        if "accuracy_vs_fp32" in gate:  # the fp16 graph replaced the fp32 one
+            files = [f.replace("model.onnx", "model.fp16.onnx") for f in files]
+        status = gate["status"]
+        task_list = _task_records(tasks, opts.checkpoint)
+        write_json(work / "tasks.json", {"tasks": task_list, "pad_logit": PAD_LOGIT,
+                                         "out_of_range_task": "NaN logits for that sample"})
+        files.append("tasks.json")
+        if opts.target.startswith("trt-"):
+            files = [write_trt_bundle(work, files, tasks, opts, gate)]
+        sidecar = {"status": status, "kind": "pack", "target": opts.target, "created_at": now(),
+                   "edgevp_version": __version__, "tasks": task_list, "fold": fold, "onnx": onnx_meta,
+                   "options": {k: v for k, v in asdict(opts).items()}, **{k: v for k, v in gate.items()
+                                                                          if k != "status"}}
+        sidecar["files"] = _install(work, out, files, failed=status == "failed")
+        write_json(out / "pack.json", sidecar)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if status == "failed":
+        raise VerificationError(f"pack failed its exactness gate: {sidecar.get('error')}",
+                                f"artifact kept as {sidecar['files'][0]} with {out / 'pack.json'}")
+    return sidecar
+
+
+def _task_records(tasks: list[Task], checkpoint: str) -> list[dict]:
+    from ..runs import RunDir
+
+    return [{"id": i, "run": t.run.name, "run_path": str(t.run.resolve()), "run_id": RunDir(t.run).manifest()["run_id"],
+             "method": t.cfg.method, "classes": t.classes, "num_classes": len(t.classes),
+             "checkpoint_sha256": sha256_file(RunDir(t.run).checkpoint(checkpoint))} for i, t in enumerate(tasks)]

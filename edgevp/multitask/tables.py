@@ -1,0 +1,135 @@
+"""Task tables: every task's folded prompts stacked along a leading task axis, so one graph serves them all.
+
+A task contributes what its method's `fold` returns (`FoldedPrompts`) plus its head:
+- a pixel prompt becomes a per-task `pos_embed` offset (T, N, D) on timm ViTs where that fold is exact, else a
+  per-task bias on the normalised input (T, 3, H, W);
+- per-block constant keys/values become (T, heads, n_max, head_dim) tables; a task with fewer columns in a block
+  (condensed runs keep different counts per layer) is zero-padded and its padded columns get -inf in a (T, n_max)
+  mask added to the attention logits, so their softmax weight is exactly 0;
+- the head becomes (T, C_max, D) weights and (T, C_max) biases; a label mapping onto the pretrained classifier is
+  the classifier's rows in mapped order; a task with fewer classes has zero weights and bias `PAD_LOGIT` in its
+  unused columns.
+VPT-shallow's constant input tokens evolve with the image through every block, so a task with them is refused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..export.fold import pos_embed_delta
+from ..prompts.base import PromptedModel
+
+PAD_LOGIT = -1.0e4  # logits of a task's unused class columns; representable in fp16
+
+
+@dataclass
+class TaskFold:
+    """One task's constants, read from its trained model."""
+
+    pixel: torch.Tensor | None  # (3, H, W) in [0, 1] pixel space
+    kv: list[tuple[torch.Tensor, torch.Tensor] | None]  # per block, (heads, n, head_dim) keys and values
+    head_weight: torch.Tensor  # (C, D)
+    head_bias: torch.Tensor  # (C,)
+
+
+@dataclass
+class PackTables:
+    """The stacked tables; `names()` fixes their order as graph inputs or initializers."""
+
+    head_weight: torch.Tensor  # (T, C_max, D)
+    head_bias: torch.Tensor  # (T, C_max)
+    pos_delta: torch.Tensor | None = None  # (T, N, D)
+    input_bias: torch.Tensor | None = None  # (T, 3, H, W), normalised space
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # block -> K, V, mask
+
+    @property
+    def num_tasks(self) -> int:
+        return self.head_weight.shape[0]
+
+    def flat(self) -> dict[str, torch.Tensor]:
+        """name -> tensor, in input order (the names of `tables.npz` and of the graph's table inputs)."""
+        out = {"head_weight": self.head_weight, "head_bias": self.head_bias}
+        if self.pos_delta is not None:
+            out["pos_delta"] = self.pos_delta
+        if self.input_bias is not None:
+            out["input_bias"] = self.input_bias
+        for block, (k, v, mask) in sorted(self.kv.items()):
+            out.update({f"kv_key_{block}": k, f"kv_value_{block}": v, f"kv_mask_{block}": mask})
+        return out
+
+    @classmethod
+    def from_flat(cls, tensors: dict[str, torch.Tensor]) -> PackTables:
+        blocks = sorted({int(k.rsplit("_", 1)[1]) for k in tensors if k.startswith("kv_key_")})
+        return cls(tensors["head_weight"], tensors["head_bias"], tensors.get("pos_delta"), tensors.get("input_bias"),
+                   {b: (tensors[f"kv_key_{b}"], tensors[f"kv_value_{b}"], tensors[f"kv_mask_{b}"]) for b in blocks})
+
+
+def task_fold(model: PromptedModel, backbone: nn.Module) -> TaskFold:
+    """The constants of one trained model; `backbone` is the plain backbone of a copy of it (method detached)."""
+    folded = model.method.fold(backbone)
+    if folded.tokens is not None:
+        raise ConfigError(f"a '{model.method.name}' run keeps prompt tokens in the sequence through every block "
+                          "(VPT-shallow); their states depend on the image, so they cannot become task tables",
+                          "pack VPT-deep, E²VPT, LoR-VP or linear-probe runs; export this run on its own")
+    head = backbone.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise ConfigError(f"the backbone's classifier is a {type(head).__name__}, not a Linear; cannot stack heads")
+    weight, bias = head.weight.detach(), head.bias.detach() if head.bias is not None else torch.zeros(head.out_features)
+    if folded.label_map is not None:
+        weight, bias = weight[folded.label_map], bias[folded.label_map]
+    kv = folded.kv if folded.kv is not None else [None] * len(getattr(backbone, "blocks", []))
+    pixel = None if folded.pixel is None else folded.pixel.detach()
+    return TaskFold(pixel, list(kv), weight.clone(), bias.clone())
+
+
+def stack_tables(folds: list[TaskFold], backbone: nn.Module, std: torch.Tensor) -> tuple[PackTables, dict]:
+    """Stack the tasks' constants; returns the tables and a report (pixel fold used, columns per block and task)."""
+    t, d = len(folds), folds[0].head_weight.shape[1]
+    c_max = max(f.head_weight.shape[0] for f in folds)
+    head_w = torch.zeros(t, c_max, d)
+    head_b = torch.full((t, c_max), PAD_LOGIT)
+    for i, f in enumerate(folds):
+        head_w[i, :len(f.head_bias)], head_b[i, :len(f.head_bias)] = f.head_weight, f.head_bias
+    tables = PackTables(head_w, head_b)
+    report = {"classes": [len(f.head_bias) for f in folds], "pixel": "none", "pixel_reason": ""}
+    if any(f.pixel is not None for f in folds):
+        _stack_pixels(folds, backbone, std, tables, report)
+    report["kv_columns"] = {}
+    for block in range(max((len(f.kv) for f in folds), default=0)):
+        entries = [f.kv[block] if block < len(f.kv) else None for f in folds]
+        if all(e is None for e in entries):
+            continue
+        tables.kv[block] = _stack_kv(entries)
+        report["kv_columns"][block] = [0 if e is None else int(e[0].shape[1]) for e in entries]
+    return tables, report
+
+
+def _stack_pixels(folds: list[TaskFold], backbone: nn.Module, std: torch.Tensor, tables: PackTables,
+                  report: dict) -> None:
+    shape = next(f.pixel for f in folds if f.pixel is not None).shape
+    pixels = [f.pixel if f.pixel is not None else torch.zeros(shape) for f in folds]
+    deltas = [pos_embed_delta(p, std, backbone) for p in pixels]
+    if all(delta is not None for delta, _ in deltas):
+        tables.pos_delta = torch.stack([delta for delta, _ in deltas])
+        report["pixel"] = "pos_embed"
+        return
+    report.update(pixel="input_bias", pixel_reason=deltas[0][1])
+    tables.input_bias = torch.stack([p / std.reshape(-1, 1, 1) for p in pixels])
+
+
+def _stack_kv(entries: list[tuple[torch.Tensor, torch.Tensor] | None]
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(K, V, mask) of one block: zero-padded to the widest task, padded columns -inf in the mask."""
+    heads, _, head_dim = next(e for e in entries if e is not None)[0].shape
+    n_max = max(0 if e is None else e[0].shape[1] for e in entries)
+    k = torch.zeros(len(entries), heads, n_max, head_dim)
+    v = torch.zeros_like(k)
+    mask = torch.full((len(entries), n_max), float("-inf"))
+    for i, e in enumerate(entries):
+        if e is not None:
+            n = e[0].shape[1]
+            k[i, :, :n], v[i, :, :n], mask[i, :n] = e[0], e[1], 0.0
+    return k, v, mask
