@@ -229,3 +229,57 @@ def test_lorvp_and_linear_work_on_cnn(digits_batch):
         model = tiny_model(method, backbone="test_efficientnet", img_size=32).eval()
         with torch.no_grad():
             assert model(digits_batch).shape == (8, C)
+
+
+# -- per-sample prompt dropout and VPT's projection init (issue 9) ----------------------------------------------
+def _same_image_batch(digits_batch, n: int = 4) -> torch.Tensor:
+    return digits_batch[:1].expand(n, -1, -1, -1).contiguous()
+
+
+def _rows_differ(y: torch.Tensor) -> bool:
+    return all(not torch.allclose(y[i], y[j], atol=1e-5) for i in range(len(y)) for j in range(i + 1, len(y)))
+
+
+@pytest.mark.parametrize("method,prompt", [
+    ("vpt", {"num_tokens": 4, "deep": True, "dropout": 0.5}),
+    ("e2vpt", {"num_tokens": 4, "num_kv": 3, "dropout": 0.5, "kv_dropout": 0.0}),
+    ("e2vpt", {"num_tokens": 4, "num_kv": 3, "dropout": 0.0, "kv_dropout": 0.5}),
+], ids=["vpt", "e2vpt_visual", "e2vpt_kv"])
+def test_prompt_dropout_draws_a_mask_per_sample(method, prompt, digits_batch):
+    model = tiny_model(method, prompt)
+    x = _same_image_batch(digits_batch)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        train = model.train()(x)
+        ev = model.eval()(x)
+    assert _rows_differ(train), "identical images got the same prompt dropout mask"
+    torch.testing.assert_close(ev, ev[:1].expand_as(ev), rtol=0, atol=1e-6)
+    assert not model.backbone.training  # the frozen backbone stays in eval mode while the prompts train
+
+
+def test_e2vpt_kv_dropout_is_per_sample_and_per_use():
+    m = tiny_model("e2vpt", {"num_tokens": 2, "num_kv": 3, "dropout": 0.0, "kv_dropout": 0.5}).method.train()
+    torch.manual_seed(0)
+    pk, pv = m.kv_prompt(1, 4)
+    assert pk.shape == (4, HEADS, 3, D // HEADS) and pv.shape == pk.shape
+    assert all(not torch.equal(pk[0], pk[i]) for i in range(1, 4))
+    assert not torch.equal(pk, pv)  # a shared key-value prompt still gets independent key and value masks
+    m.eval()
+    k, v = m.kv_prompt(1, 4)
+    assert k.shape == (HEADS, 3, D // HEADS) and k is v
+
+
+def test_vpt_projection_init():
+    project = 8
+    model = tiny_model("vpt", {"num_tokens": 50, "deep": True, "project": project})
+    ph, pw = model.info.patch_size
+    bound = math.sqrt(6.0 / (3 * ph * pw + project))
+    assert vpt_init_bound(model.info, project) == pytest.approx(bound)
+    p = torch.cat(list(model.method.prompts))
+    assert p.shape == (DEPTH * 50, project)
+    assert p.abs().max() <= bound and p.abs().max() > 0.98 * bound
+    proj = model.method.proj
+    assert proj.in_features == project and proj.out_features == D
+    assert proj.bias.abs().max() > 0  # nn.Linear's default bias init is kept (the reference), not zeros
+    assert proj.bias.abs().max() <= 1 / math.sqrt(project)
+    assert proj.weight.std().item() == pytest.approx(math.sqrt(2.0 / D), rel=0.2)  # kaiming-normal, fan_out

@@ -77,12 +77,12 @@ class TokenPrompts(PromptMethod):
 
     def enter_block(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         tokens = self.layer_prompt(layer)
-        if tokens is None:
-            return x
-        if self.gates is not None:
-            tokens = tokens * self.gates[layer][:, None]
         npre = self.info.num_prefix_tokens
         n_prev = self.layer_counts()[layer - 1] if layer > 0 and self.deep else 0
+        if tokens is None:  # inserts nothing, but deep prompts of the previous block are still dropped
+            return torch.cat([x[:, :npre], x[:, npre + n_prev:]], dim=1) if n_prev else x
+        if self.gates is not None:
+            tokens = tokens * self.gates[layer][:, None]
         tokens = tokens.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
         if self.dropout and self.training:
             tokens = F.dropout(tokens, self.dropout, True)  # on the expanded batch: one mask per sample
