@@ -206,6 +206,9 @@ def profile(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for ort (default: all cores)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="where profile.{json,csv,md} go")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout")] = False,
+    task: Annotated[Optional[str], typer.Option(
+        help="a multi-task pack (edgevp pack): the task to time, or 'mixed' (the batch cycles over the tasks; the "
+             "default)")] = None,
 ) -> None:
     """Latency (p50/p90/p99, throughput), MACs, parameters and size, as ratios to the first variant."""
     import json as _json
@@ -217,7 +220,7 @@ def profile(
     if compile and backend != "torch":
         _fail("--compile applies to --backend torch (a run directory in PyTorch)", 2)
     result, files = profile_targets(target, list(against), "torch-compile" if compile else backend, device, batch,
-                                    warmup, iters, rounds, threads, out)
+                                    warmup, iters, rounds, threads, out, task)
     if json_out:
         typer.echo(_json.dumps(result, default=str))
         return
@@ -372,6 +375,11 @@ def pack(
     atol: Annotated[float, typer.Option(help="max abs logit difference, pack vs each run's own export")] = 1e-4,
     max_drop: Annotated[float, typer.Option(help="fp16: allowed val top-1 drop per task vs fp32 (points)")] = 2.0,
     trt_max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the dynamic profile")] = 8,
+    max_tasks: Annotated[int, typer.Option(help="TensorRT with --tables-as-inputs: largest task count of the "
+                                                "engine's profile")] = 16,
+    update_tables: Annotated[bool, typer.Option(
+        help="keep the graph already in --out (made with --tables-as-inputs) and write new tables for RUNS: add or "
+             "update tasks without a rebuild")] = False,
 ) -> None:
     """One graph for many tasks: pack runs that share a backbone; every sample picks its task (`task` input).
 
@@ -382,7 +390,7 @@ def pack(
 
     opts = PackOptions(target=target, tables_as_inputs=tables_as_inputs, include_preprocess=include_preprocess,
                        opset=opset, checkpoint=checkpoint, gate_images=gate_images, atol=atol, max_drop=max_drop,
-                       trt_max_batch=trt_max_batch)
+                       trt_max_batch=trt_max_batch, max_tasks=max_tasks, update_tables=update_tables)
     side = pack_runs(runs, out, opts)
     worst = max(r["max_abs"] for r in side["parity"]["per_task"])
     typer.echo(f"done: {len(side['tasks'])} tasks in one {target} graph, max abs vs own exports {worst:.2e}, mixed "

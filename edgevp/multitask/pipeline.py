@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from ..config import check_options
-from ..errors import ConfigError, VerificationError
+from ..errors import ConfigError, IncompatibleError, VerificationError
 from ..io import sha256_file, write_json
 from .tables import PAD_LOGIT
 
@@ -174,9 +174,13 @@ def pack(runs: list[str | Path], out: str | Path, opts: PackOptions | None = Non
     from .graph import export_pack, write_trt_bundle
 
     opts = opts or PackOptions()
+    out = Path(out)
+    if opts.update_tables:
+        existing = _existing_pack(out)  # checked before any run is loaded
     runs = [Path(r) for r in runs]
     tasks = load_tasks(runs, opts.checkpoint)
-    out = Path(out)
+    if opts.update_tables:
+        return update_tables(tasks, out, existing, opts)
     if out.resolve() in {t.run.resolve() for t in tasks}:
         raise ConfigError(f"output '{out}' is one of the runs", "pack into a new directory")
     _writable_dir(out)
@@ -199,7 +203,8 @@ def pack(runs: list[str | Path], out: str | Path, opts: PackOptions | None = Non
         if opts.target.startswith("trt-"):
             files = [write_trt_bundle(work, files, tasks, opts, gate)]
         sidecar = {"status": status, "kind": "pack", "target": opts.target, "created_at": now(),
-                   "edgevp_version": __version__, "tasks": task_list, "fold": fold, "onnx": onnx_meta,
+                   "edgevp_version": __version__, "backbone_sha256": tasks[0].fingerprint, "tasks": task_list,
+                   "fold": fold, "onnx": onnx_meta,
                    "options": {k: v for k, v in asdict(opts).items()}, **{k: v for k, v in gate.items()
                                                                           if k != "status"}}
         sidecar["files"] = _install(work, out, files, failed=status == "failed")
@@ -218,3 +223,55 @@ def _task_records(tasks: list[Task], checkpoint: str) -> list[dict]:
     return [{"id": i, "run": t.run.name, "run_path": str(t.run.resolve()), "run_id": RunDir(t.run).manifest()["run_id"],
              "method": t.cfg.method, "classes": t.classes, "num_classes": len(t.classes),
              "checkpoint_sha256": sha256_file(RunDir(t.run).checkpoint(checkpoint))} for i, t in enumerate(tasks)]
+
+
+def _existing_pack(out: Path) -> dict:
+    """The sidecar of the pack in `out` whose tables `--update-tables` replaces (an fp32 ONNX, tables as inputs)."""
+    from ..io import read_json
+
+    side = out / "pack.json"
+    if not side.is_file():
+        raise IncompatibleError(f"'{out}' holds no pack (no pack.json)", "pack the runs into it first")
+    meta = read_json(side)
+    if meta.get("status") != "ok" or not meta.get("options", {}).get("tables_as_inputs") or \
+            not (out / "model.onnx").is_file():
+        raise IncompatibleError(f"the pack in '{out}' does not take its tables as inputs (or is not an fp32 ONNX "
+                                "pack)", "only a pack made with --tables-as-inputs --target onnx can take new tables")
+    return meta
+
+
+def update_tables(tasks: list[Task], out: Path, existing: dict, opts: PackOptions) -> dict:
+    """New `tables.npz` and `tasks.json` for the graph already in `out` (no new graph): the tasks' tables padded to
+    the graph's capacity, gated against each run's own export like a new pack, then swapped in by rename."""
+    from ..io import atomic_path
+    from ..runs import now
+    from .gate import gate_pack
+    from .tables import PackTables, fit_to_capacity
+
+    if tasks[0].fingerprint != existing.get("backbone_sha256"):
+        raise ConfigError(f"run '{tasks[0].run}' is on another backbone than the pack in '{out}'",
+                          "a pack's tables serve the backbone it was built on")
+    opts = PackOptions(**{**asdict(opts), "include_preprocess": existing["options"]["include_preprocess"]})
+    with np.load(out / "tables.npz") as npz:
+        capacity = {k: npz[k].shape[1:] for k in npz.files}
+    references = [own_export(t, opts) for t in tasks]
+    _, tables, fold = build_packed(tasks, opts)
+    flat = fit_to_capacity(tables.flat(), capacity)
+    work = Path(tempfile.mkdtemp(prefix=".pack-", dir=out))
+    try:
+        shutil.copy2(out / "model.onnx", work / "model.onnx")
+        gate = gate_pack(work, tasks, references, PackTables.from_flat(flat), opts)
+        if gate["status"] != "ok":
+            raise VerificationError(f"the new tables fail the exactness gate: {gate['error']}",
+                                    f"'{out}' is unchanged")
+        task_list = _task_records(tasks, opts.checkpoint)
+        with atomic_path(out / "tables.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **{k: v.numpy() for k, v in flat.items()})
+        write_json(out / "tasks.json", {"tasks": task_list, "pad_logit": PAD_LOGIT,
+                                        "out_of_range_task": "NaN logits for that sample"})
+        sidecar = {**existing, "tasks": task_list, "fold": fold, "tables_updated_at": now(), **gate}
+        write_json(out / "pack.json", sidecar)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return sidecar

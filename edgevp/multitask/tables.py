@@ -133,3 +133,28 @@ def _stack_kv(entries: list[tuple[torch.Tensor, torch.Tensor] | None]
             n = e[0].shape[1]
             k[i, :, :n], v[i, :, :n], mask[i, :n] = e[0], e[1], 0.0
     return k, v, mask
+
+
+def fit_to_capacity(flat: dict[str, torch.Tensor], capacity: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Pad new tables to the shapes (after the task axis) an existing graph takes: more classes or key/value columns
+    than it holds, or a table it has no input for, need a new graph (one line, exit 2)."""
+    out = {}
+    for name, t in flat.items():
+        if name not in capacity:
+            raise ConfigError(f"the new tasks need a '{name}' table that the packed graph has no input for",
+                              "pack these runs into a new graph (without --update-tables)")
+    for name, shape in capacity.items():
+        t = flat.get(name)
+        n = len(flat["head_weight"])
+        if t is None:  # a table no new task uses: zeros (a -inf mask: no key/value columns)
+            fill = float("-inf") if name.startswith("kv_mask_") else 0.0
+            out[name] = torch.full((n, *shape), fill)
+            continue
+        if t.dim() != len(shape) + 1 or any(have > cap for have, cap in zip(t.shape[1:], shape)):
+            raise ConfigError(f"table '{name}' of the new tasks is {list(t.shape[1:])}, larger than the graph's "
+                              f"{list(shape)}", "pack these runs into a new graph (without --update-tables)")
+        fill = float("-inf") if name.startswith("kv_mask_") else PAD_LOGIT if name == "head_bias" else 0.0
+        padded = torch.full((n, *shape), fill)
+        padded[tuple([slice(None)] + [slice(0, s) for s in t.shape[1:]])] = t
+        out[name] = padded
+    return out

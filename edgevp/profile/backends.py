@@ -45,18 +45,31 @@ def prepare_ort(path: str | Path, batch: int, device: str = "cpu", threads: int 
         opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        sess = ort.InferenceSession(str(path), opts, providers=wanted)
+        sess = ort.InferenceSession(str(path).partition("#task=")[0], opts, providers=wanted)
     except Exception as e:  # ORT raises its own exception types for unreadable models
         raise IncompatibleError(f"ONNX Runtime cannot load '{path}': {str(e).splitlines()[0][:200]}") from None
     got = sess.get_providers()
     if got[0] != wanted[0]:  # the session fell back: numbers would be for the wrong device
         raise MissingError(f"asked for {wanted[0]} but the session runs on {got[0]}")
+    path, _, task = str(path).partition("#task=")
     inp = sess.get_inputs()[0]
     x = np.random.default_rng(0).random(_input_shape(inp.shape, batch), dtype=np.float32)
-    feed = {inp.name: x}
+    feed = {inp.name: x, **_pack_inputs(sess, path, batch, task or "mixed")}
     conditions = {"backend": "ort", "device": device, "providers": got, "threads": threads,
                   "ort_version": ort.__version__, "input_shape": list(x.shape), "precision": _onnx_precision(sess)}
     return (lambda: sess.run(None, feed)), None, conditions
+
+
+def _pack_inputs(sess, path: str, batch: int, task: str) -> dict:
+    """A multi-task pack's other inputs: task ids (`mixed` or one task) and its tables (`tables.npz`)."""
+    from ..multitask import feeds
+
+    names = [i.name for i in sess.get_inputs()]
+    if not feeds.is_pack(names):
+        return {}
+    tables = feeds.load_tables(path, {i.name: i.shape for i in sess.get_inputs()})
+    n = feeds.num_tasks(path, tables, sess.get_modelmeta().custom_metadata_map)
+    return {feeds.TASK: feeds.task_ids(task, batch, n), **tables}
 
 
 def _onnx_precision(sess) -> str:

@@ -48,6 +48,7 @@ def artifact_cost(path: str) -> dict:
     ONNX it was built from (its sidecar's): what lets a profile taken on the device find its run again."""
     from ..io import sha256_file
 
+    path = path.partition("#")[0]  # "model.onnx#task=2": the task a pack is timed on
     info = {"bytes": Path(path).stat().st_size, "sha256": sha256_file(path)}
     side = Path(path).with_suffix(".json")
     if path.endswith((".engine", ".plan")) and side.is_file():

@@ -74,7 +74,8 @@ def _shapes_by_running(model, names: set[str]) -> dict[str, list[int]]:
     feed = {}
     for i in sess.get_inputs():
         shape = [d if isinstance(d, int) else 1 for d in i.shape]
-        feed[i.name] = np.zeros(shape, dtype=np.float16 if "float16" in i.type else np.float32)
+        dtype = np.int64 if "int64" in i.type else np.float16 if "float16" in i.type else np.float32
+        feed[i.name] = np.zeros(shape, dtype=dtype)
     outs = sess.run(None, feed)
     return {o.name: list(v.shape) for o, v in zip(sess.get_outputs(), outs) if o.name in names}
 

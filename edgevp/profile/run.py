@@ -78,7 +78,10 @@ def torch_run_variants(run: Path, device: str, backend: str = "torch") -> list[V
 
 
 def profile_targets(target: Path, against: list[Path], backend: str, device: str, batches: list[int], warmup: int,
-                    iters: int, rounds: int, threads: int | None, out: Path | None) -> tuple[dict, list[Path]]:
+                    iters: int, rounds: int, threads: int | None, out: Path | None, task: str | None = None
+                    ) -> tuple[dict, list[Path]]:
+    """Profile `target` (and `against`); `task` picks a multi-task pack's task (an id, or `mixed`: the batch cycles
+    over the tasks, the default)."""
     if backend not in ("ort", "trt", "trtexec", "torch", "torch-compile"):
         raise ConfigError(f"unknown backend '{backend}'", "choose ort, trt, trtexec or torch")
     if not target.exists():
@@ -108,5 +111,9 @@ def profile_targets(target: Path, against: list[Path], backend: str, device: str
         extra.append(v)
     # the reference (ratio 1.0) is the first variant: a run's own bare export, or else the first --against
     variants = variants + extra if target.is_dir() else extra + variants
+    if task is not None:
+        for v in variants:
+            if v.backend == "ort" and v.artifact.endswith(".onnx"):
+                v.artifact += f"#task={task}"  # ignored by single-task artifacts
     result = compare(variants, batches, rounds, warmup, iters, threads)
     return result, write_results(out, result)
