@@ -233,18 +233,20 @@ def profile(
 @app.command(epilog="Example: `edgevp report runs/demo/*/* --out runs/report`")
 @handle_errors
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="run directories to compare")],
+    runs: Annotated[list[Path], typer.Argument(help="run directories to compare, and `edgevp pack` directories")],
     out: Annotated[Path, typer.Option("--out", "-o", help="report directory")] = Path("runs/report"),
     profile: Annotated[list[Path], typer.Option(
         help="profile.json taken elsewhere (e.g. on the device), matched to runs by artifact sha256; its latency "
              "comes first (repeatable)")] = [],  # noqa: B006
 ) -> None:
-    """A summary across runs: table, accuracy-vs-cost Pareto plot, keep heatmaps, training curves, markdown."""
-    from .report import table, write_report
+    """A summary across runs: table, accuracy-vs-cost Pareto plot, keep heatmaps, training curves, markdown; a pack
+    directory gets one row per task plus its shared cost."""
+    from .report import report_inputs, table, write_report
 
-    # shell globs over a demo directory also match its summary files: keep the run directories
-    md, rows = write_report([r for r in runs if (r / "manifest.json").is_file()] or list(runs), out, profile)
-    typer.echo(table(rows))
+    # shell globs over a demo directory also match its summary files: keep the run (and pack) directories
+    md, rows = write_report(report_inputs(runs), out, profile)
+    if rows:
+        typer.echo(table(rows))
     typer.echo(f"report: {md}")
 
 
@@ -360,8 +362,9 @@ def export_(
                     "--tables-as-inputs` · `edgevp pack runs/a runs/b -o runs/pack --target trt-fp16`")
 @handle_errors
 def pack(
-    runs: Annotated[list[Path], typer.Argument(help="trained (or condensed) run directories on the same backbone")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output directory of the pack")],
+    runs: Annotated[Optional[list[Path]], typer.Argument(
+        help="trained (or condensed) run directories on the same backbone")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output directory of the pack (required)")] = None,
     target: Annotated[str, typer.Option(help="onnx | ort-fp16 | trt-fp32 | trt-fp16 (a device bundle)")] = "onnx",
     tables_as_inputs: Annotated[bool, typer.Option(
         help="the task tables become graph inputs read from tables.npz: add or update a task without a rebuild")]
@@ -377,6 +380,9 @@ def pack(
     trt_max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the dynamic profile")] = 8,
     max_tasks: Annotated[int, typer.Option(help="TensorRT with --tables-as-inputs: largest task count of the "
                                                 "engine's profile")] = 16,
+    kv_capacity: Annotated[int, typer.Option(
+        help="with --tables-as-inputs: key/value columns every block reserves, so prompt tasks (up to this many "
+             "prompts per layer) can be added later")] = 0,
     update_tables: Annotated[bool, typer.Option(
         help="keep the graph already in --out (made with --tables-as-inputs) and write new tables for RUNS: add or "
              "update tasks without a rebuild")] = False,
@@ -388,10 +394,14 @@ def pack(
     """
     from .multitask.pipeline import PackOptions, pack as pack_runs
 
+    if out is None:
+        _fail("give the pack's output directory: --out DIR", 2)
+
     opts = PackOptions(target=target, tables_as_inputs=tables_as_inputs, include_preprocess=include_preprocess,
                        opset=opset, checkpoint=checkpoint, gate_images=gate_images, atol=atol, max_drop=max_drop,
-                       trt_max_batch=trt_max_batch, max_tasks=max_tasks, update_tables=update_tables)
-    side = pack_runs(runs, out, opts)
+                       trt_max_batch=trt_max_batch, max_tasks=max_tasks, kv_capacity=kv_capacity,
+                       update_tables=update_tables)
+    side = pack_runs(runs or [], out, opts)
     worst = max(r["max_abs"] for r in side["parity"]["per_task"])
     typer.echo(f"done: {len(side['tasks'])} tasks in one {target} graph, max abs vs own exports {worst:.2e}, mixed "
                f"batch {side['parity']['mixed_batch']['max_abs']:.2e} -> {', '.join(side['files'])} in {out}")

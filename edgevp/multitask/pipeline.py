@@ -41,10 +41,13 @@ class PackOptions:
     max_drop: float = 2.0  # fp16: allowed val top-1 drop per task vs the fp32 pack, percentage points
     trt_max_batch: int = 8
     max_tasks: int = 16  # TensorRT with tables as inputs: the task axis of the profile goes up to this
+    kv_capacity: int = 0  # tables as inputs: key/value columns every block reserves for tasks added later
     update_tables: bool = False  # keep `out`'s graph (tables as inputs) and write new tables for these runs
 
     def __post_init__(self):
         check_options(self)
+        if self.kv_capacity < 0:
+            raise ConfigError(f"kv_capacity must be >= 0, got {self.kv_capacity}")
         if self.gate_images < 1 or self.trt_max_batch < 1 or self.max_tasks < 1:
             raise ConfigError("gate_images, trt_max_batch and max_tasks must be >= 1")
         if self.atol < 0 or self.max_drop < 0:
@@ -152,7 +155,8 @@ def build_packed(tasks: list[Task], opts: PackOptions):
     fix_img_size(backbone)
     for p in backbone.parameters():
         p.requires_grad_(False)
-    tables, report = stack_tables(folds, backbone, work.std[0])
+    tables, report = stack_tables(folds, backbone, work.std[0], reserve=opts.tables_as_inputs,
+                                  kv_capacity=opts.kv_capacity)
     model = PackedModel(backbone, work.mean, work.std, opts.include_preprocess, tables, opts.tables_as_inputs)
     return model, tables, report
 

@@ -85,8 +85,14 @@ def task_fold(model: PromptedModel, backbone: nn.Module) -> TaskFold:
     return TaskFold(pixel, list(kv), weight.clone(), bias.clone())
 
 
-def stack_tables(folds: list[TaskFold], backbone: nn.Module, std: torch.Tensor) -> tuple[PackTables, dict]:
-    """Stack the tasks' constants; returns the tables and a report (pixel fold used, columns per block and task)."""
+def stack_tables(folds: list[TaskFold], backbone: nn.Module, std: torch.Tensor, reserve: bool = False,
+                 kv_capacity: int = 0) -> tuple[PackTables, dict]:
+    """Stack the tasks' constants; returns the tables and a report (pixel fold used, columns per block and task).
+
+    `reserve` (tables that are graph inputs, to be replaced later) keeps a pixel table even when no task has a
+    pixel prompt, and gives every block of a ViT key/value tables at least `kv_capacity` columns wide, so tasks of
+    other methods can be added without a new graph.
+    """
     t, d = len(folds), folds[0].head_weight.shape[1]
     c_max = max(f.head_weight.shape[0] for f in folds)
     head_w = torch.zeros(t, c_max, d)
@@ -95,21 +101,24 @@ def stack_tables(folds: list[TaskFold], backbone: nn.Module, std: torch.Tensor) 
         head_w[i, :len(f.head_bias)], head_b[i, :len(f.head_bias)] = f.head_weight, f.head_bias
     tables = PackTables(head_w, head_b)
     report = {"classes": [len(f.head_bias) for f in folds], "pixel": "none", "pixel_reason": ""}
-    if any(f.pixel is not None for f in folds):
+    if any(f.pixel is not None for f in folds) or (reserve and hasattr(backbone, "patch_embed")):
         _stack_pixels(folds, backbone, std, tables, report)
     report["kv_columns"] = {}
-    for block in range(max((len(f.kv) for f in folds), default=0)):
+    blocks = len(getattr(backbone, "blocks", []))
+    for block in range(blocks):
         entries = [f.kv[block] if block < len(f.kv) else None for f in folds]
-        if all(e is None for e in entries):
+        if all(e is None for e in entries) and not (reserve and kv_capacity):
             continue
-        tables.kv[block] = _stack_kv(entries)
+        tables.kv[block] = _stack_kv(entries, backbone.blocks[block].attn, kv_capacity if reserve else 0)
         report["kv_columns"][block] = [0 if e is None else int(e[0].shape[1]) for e in entries]
     return tables, report
 
 
 def _stack_pixels(folds: list[TaskFold], backbone: nn.Module, std: torch.Tensor, tables: PackTables,
                   report: dict) -> None:
-    shape = next(f.pixel for f in folds if f.pixel is not None).shape
+    shape = next((f.pixel.shape for f in folds if f.pixel is not None), None)
+    if shape is None:  # reserved for tasks added later: the backbone's input size
+        shape = (3, *backbone.patch_embed.img_size)
     pixels = [f.pixel if f.pixel is not None else torch.zeros(shape) for f in folds]
     deltas = [pos_embed_delta(p, std, backbone) for p in pixels]
     if all(delta is not None for delta, _ in deltas):
@@ -120,11 +129,11 @@ def _stack_pixels(folds: list[TaskFold], backbone: nn.Module, std: torch.Tensor,
     tables.input_bias = torch.stack([p / std.reshape(-1, 1, 1) for p in pixels])
 
 
-def _stack_kv(entries: list[tuple[torch.Tensor, torch.Tensor] | None]
+def _stack_kv(entries: list[tuple[torch.Tensor, torch.Tensor] | None], attn: nn.Module, capacity: int = 0
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(K, V, mask) of one block: zero-padded to the widest task, padded columns -inf in the mask."""
-    heads, _, head_dim = next(e for e in entries if e is not None)[0].shape
-    n_max = max(0 if e is None else e[0].shape[1] for e in entries)
+    """(K, V, mask) of one block: zero-padded to the widest task (or `capacity`), padded columns -inf in the mask."""
+    heads, head_dim = attn.num_heads, attn.head_dim
+    n_max = max([capacity] + [0 if e is None else e[0].shape[1] for e in entries])
     k = torch.zeros(len(entries), heads, n_max, head_dim)
     v = torch.zeros_like(k)
     mask = torch.full((len(entries), n_max), float("-inf"))
