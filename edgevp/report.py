@@ -1,5 +1,7 @@
 """`edgevp report RUN...`: one self-contained summary across runs — a comparison table, an accuracy-vs-cost Pareto
-plot, condensed runs' keep heatmaps and training curves (PNG + CSV each), and a markdown file linking them."""
+plot, condensed runs' keep heatmaps and training curves (PNG + CSV each), and a markdown file linking them. Pack
+directories (`edgevp pack`) among the arguments get a "Multi-task packs" section (`packs.csv`): one row per task and
+one row for the shared cost."""
 from __future__ import annotations
 
 import csv
@@ -123,12 +125,219 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def is_pack(path: Path) -> bool:
+    """A directory written by `edgevp pack` (its `pack.json` says kind "pack")."""
+    side = Path(path) / "pack.json"
+    if not side.is_file():
+        return False
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("kind") == "pack"
+
+
+def report_inputs(paths: list[Path]) -> list[Path]:
+    """The arguments a report reads: run directories (with manifest.json) and pack directories; when there is
+    neither, every argument (so that a wrong one fails as "not an edgevp run directory")."""
+    keep = [Path(p) for p in paths if (Path(p) / "manifest.json").is_file() or is_pack(p)]
+    return keep or [Path(p) for p in paths]
+
+
+def _pack_files(pack: Path, meta: dict) -> tuple[list[Path], list[Path]]:
+    """(artifact files, ONNX graphs) of a pack: its model file(s) (`model.onnx` / `model.fp16.onnx`, engines of a
+    TensorRT bundle, the bundle's ONNX when no engine was built) and `tables.npz` when present. A failed pack's
+    files carry a `.failed` suffix and are counted the same way."""
+    names = meta.get("files")
+    if not isinstance(names, list) or not names:
+        names = [p.name for p in sorted(pack.iterdir()) if p.name != "profile"]
+    files, graphs = [], []
+    for name in names:
+        p = pack / str(name)
+        if p.is_dir():  # trt-<precision>/ bundle
+            inside = sorted(q for q in p.iterdir() if q.is_file())
+            engines = [q for q in inside if q.suffix in (".engine", ".plan")]
+            onnx = [q for q in inside if q.suffix == ".onnx"]
+            files += (engines or onnx) + [q for q in inside if q.name == "tables.npz"]
+            graphs += onnx
+        elif p.is_file():
+            base = p.name.removesuffix(".failed")
+            if base.endswith(".onnx"):
+                files.append(p)
+                graphs.append(p)
+            elif base.endswith(".engine") or base.endswith(".plan") or base == "tables.npz":
+                files.append(p)
+    return files, graphs
+
+
+def _graph_macs(graph: Path | None) -> int | None:
+    """MACs (batch 1) of the pack graph by edgevp.profile.onnx_macs, None where it cannot tell."""
+    if graph is None:
+        return None
+    try:
+        from .profile.onnx_macs import graph_cost
+
+        cost = graph_cost(graph)
+    except Exception:  # noqa: BLE001 - an exotic graph (or no onnx here): n/a, not a failed report
+        return None
+    return None if cost.unknown else cost.macs
+
+
+def _pack_latency(pack: Path, files: list[Path], profiles: list[dict]) -> dict | None:
+    """The pack's p50 at the smallest batch measured, from a given profile whose row is the pack's artifact (by
+    path or sha256), else from PACK/profile/profile.json; with the task setting it was timed on."""
+    from .io import sha256_file
+
+    pack = pack.resolve()
+    own = _profiles([pack])
+    hashes = None
+    for res in profiles + own:
+        mine = []
+        for r in res["rows"]:
+            art = (r.get("artifact") or "").partition("#")[0]
+            if art and (Path(art).resolve().parent == pack or Path(art).resolve().parent.parent == pack):
+                mine.append(r)
+            elif r.get("sha256") or r.get("onnx_sha256"):
+                hashes = {sha256_file(f) for f in files} if hashes is None else hashes
+                if {r.get("sha256"), r.get("onnx_sha256")} & hashes:
+                    mine.append(r)
+        if not mine and res["_run"] == pack and res["rows"]:  # the pack's own profile, paths from elsewhere
+            mine = [r for r in res["rows"] if r["variant"] == res["rows"][0]["variant"]]
+        if mine:
+            row = min(mine, key=lambda r: r["batch"])
+            art = row.get("artifact") or ""
+            task = art.partition("#task=")[2] or ("mixed" if art.endswith(".onnx") else None)
+            cond = res.get("conditions", {}).get(row["variant"], {})
+            machine = res.get("machine", {})
+            return {"p50_ms": row["p50_ms"], "batch": row["batch"], "task": task,
+                    "where": f"{cond.get('backend', '?')}, {machine.get('gpu') or machine.get('cpu') or '?'}"}
+    return None
+
+
+def _run_index(runs: list[Path]) -> dict:
+    """Resolved path and run_id -> (run directory, manifest) of the report's runs."""
+    from .runs import RunDir
+
+    index = {}
+    for r in runs:
+        m = RunDir(r).manifest()
+        index[str(Path(r).resolve())] = (Path(r), m)
+        if m.get("run_id"):
+            index.setdefault(f"id:{m['run_id']}", (Path(r), m))
+    return index
+
+
+def summarize_pack(pack: Path, runs: list[Path] = (), profiles: list[dict] = ()) -> dict:
+    """One pack: {"pack", "status", "target", "tasks": [row per task], "shared": {cost row}}."""
+    pack = Path(pack)
+    meta = json.loads((pack / "pack.json").read_text())
+    status = meta.get("status", "?")
+    index = _run_index(list(runs))
+    parity = {p.get("task"): p for p in (meta.get("parity") or {}).get("per_task", []) if isinstance(p, dict)}
+    tasks, separate, found = [], 0, 0
+    for t in meta.get("tasks", []):
+        par = parity.get(t.get("id"), {})
+        hit = index.get(str(Path(t.get("run_path", "")).resolve())) if t.get("run_path") else None
+        hit = hit or index.get(f"id:{t.get('run_id')}")
+        run_dir = hit[0] if hit else Path(t["run_path"]) if t.get("run_path") else None
+        classes = t.get("classes")
+        tasks.append({"pack": pack.name, "task": t.get("id"), "run": t.get("run"), "method": t.get("method"),
+                      "classes": t.get("num_classes", len(classes) if isinstance(classes, list) else None),
+                      "top1_pack": par.get("top1_pack"), "top1_own_export": par.get("top1_own_export"),
+                      "gate_images": par.get("images"), "max_abs": par.get("max_abs"),
+                      "test_top1": ((hit[1].get("train_info") or {}).get("test_top1") if hit else None)})
+        own = run_dir / "export" / "model.onnx" if run_dir else None
+        if own is not None and own.is_file():
+            separate += own.stat().st_size
+            found += 1
+    files, graphs = _pack_files(pack, meta)
+    size = sum(f.stat().st_size for f in files) if files else None
+    n = len(tasks)
+    separate = separate if n and found == n else None
+    macs = _graph_macs(graphs[0] if graphs else None)
+    lat = _pack_latency(pack, files, list(profiles))
+    shared = {"pack": pack.name, "status": status, "target": meta.get("target"), "tasks": n,
+              "artifact_bytes": size, "artifact_files": [str(f.relative_to(pack)) for f in files],
+              "gmacs": macs and macs / 1e9, "separate_bytes": separate, "separate_found": f"{found}/{n}",
+              "size_ratio": size / separate if size and separate else None,
+              "latency_p50_ms": lat and lat["p50_ms"], "latency_batch": lat and lat["batch"],
+              "latency_task": lat and lat["task"], "latency_on": lat and lat["where"]}
+    return {"pack": pack.name, "path": str(pack), "status": status, "target": meta.get("target"), "tasks": tasks,
+            "shared": shared}
+
+
+PACK_COLS = ["pack", "row", "task", "run", "method", "classes", "top1_pack", "top1_own_export", "gate_images",
+             "max_abs", "test_top1", "status", "target", "artifact_bytes", "gmacs", "latency_p50_ms", "latency_batch",
+             "latency_task", "latency_on", "separate_bytes", "separate_found", "size_ratio"]
+
+
+def pack_rows(packs: list[dict]) -> list[dict]:
+    """The rows of packs.csv: each task's row, then the pack's "shared" row."""
+    rows = []
+    for p in packs:
+        rows += [{"row": "task", "status": p["status"], **t} for t in p["tasks"]]
+        rows.append({"row": "shared", **{k: v for k, v in p["shared"].items() if k != "artifact_files"}})
+    return rows
+
+
+def _mb(n: int | None) -> str:
+    return cell(n, "{:,}") + ("" if n is None else f" ({n / 2 ** 20:.2f} MiB)")
+
+
+def pack_table(p: dict) -> str:
+    """A pack's markdown table: one row per task, then the shared-cost row."""
+    head = ["task", "run", "method", "classes", "gate images", "val top-1 pack", "val top-1 own export",
+            "max abs vs own", "test top-1 (run)", "size, bytes", "GMACs", "p50 ms", "size vs separate exports"]
+    rows = []
+    for t in p["tasks"]:
+        rows.append([cell(t["task"]), cell(t["run"]), cell(t["method"]), cell(t["classes"]), cell(t["gate_images"]),
+                     cell(t["top1_pack"], "{:.2f}"), cell(t["top1_own_export"], "{:.2f}"),
+                     cell(t["max_abs"], "{:.2e}"), cell(t["test_top1"], "{:.2f}"), "", "", "", ""])
+    s = p["shared"]
+    lat = "n/a" if s["latency_p50_ms"] is None else \
+        f"{s['latency_p50_ms']:.2f} (batch {s['latency_batch']}, task {cell(s['latency_task'])}, {s['latency_on']})"
+    vs = "n/a" if s["size_ratio"] is None else \
+        f"{s['size_ratio']:.3f}× ({s['tasks']} separate exports: {s['separate_bytes']:,} bytes)"
+    if s["size_ratio"] is None and s["separate_found"] != f"{s['tasks']}/{s['tasks']}":
+        vs = f"n/a ({s['separate_found']} separate exports found)"
+    rows.append(["shared", f"{s['tasks']} tasks", f"status {s['status']}", "", "", "", "", "", "",
+                 _mb(s["artifact_bytes"]), cell(s["gmacs"], "{:.4f}"), lat, vs])
+    return markdown_table(head, rows)
+
+
+def _pack_section(packs: list[dict]) -> list[str]:
+    md = ["## Multi-task packs", "",
+          "Per task: top-1 on the gate's validation images through the pack vs the run's own export, and the max "
+          "abs logit difference between them; test top-1 from the task's run when it is among the report's runs. "
+          "Shared: the pack's artifact (model file(s) + tables.npz), its graph MACs (batch 1), its latency from "
+          "PACK/profile/profile.json, and its size vs the tasks' separate exports. Rows: [packs.csv](packs.csv)", ""]
+    for p in packs:
+        md += [f"### {p['pack']} ({p['target']}, status {p['status']})", "", pack_table(p), ""]
+    return md
+
+
 def write_report(runs: list[Path], out: Path, profiles: list[Path] = ()) -> tuple[Path, list[dict]]:
-    if not runs:
+    """Report `runs`; pack directories among them (see `is_pack`) get the multi-task packs section."""
+    runs = [Path(r) for r in runs]
+    packs = [r for r in runs if is_pack(r)]
+    runs = [r for r in runs if r not in packs]
+    if not runs and not packs:
         raise ConfigError("give at least one run directory")
     found = _profiles(runs, profiles)
     rows = [summarize(r, found) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
+    pack_summaries = [summarize_pack(p, runs, [f for f in found if f["_run"] is None]) for p in packs]
+    if pack_summaries:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=PACK_COLS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(pack_rows(pack_summaries))
+        write_text(out / "packs.csv", buf.getvalue())
+        write_json(out / "packs.json", pack_summaries)
+    if not runs:
+        md = ["# edgevp report", "", *_pack_section(pack_summaries)]
+        write_text(out / "report.md", "\n".join(md) + "\n")
+        return out / "report.md", rows
     files = []
     write_json(out / "summary.json", rows)
     buf = io.StringIO()
@@ -199,5 +408,7 @@ def write_report(runs: list[Path], out: Path, profiles: list[Path] = ()) -> tupl
     for f in files + heatmaps:
         if f.endswith(".png"):
             md.append(f"![{f}]({f})")
+    if pack_summaries:
+        md += ["", *_pack_section(pack_summaries)]
     write_text(out / "report.md", "\n".join(md) + "\n")
     return out / "report.md", rows
