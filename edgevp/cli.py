@@ -15,6 +15,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
+from .config import DATASETS  # noqa: F401 (what `edgevp list datasets` prints; torch-free)
 from .errors import EXIT_CODES, EXIT_FAILURE, EdgevpError
 
 EPILOG = "Exit codes: " + " · ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
@@ -250,10 +251,6 @@ def report(
     typer.echo(f"report: {md}")
 
 
-# what `data.name` takes: edgevp.data's built-in sets and image folders (named here so listing needs no torch)
-DATASETS = ("fashion_mnist", "digits", "folder")
-
-
 @app.command("list")
 @handle_errors
 def list_(
@@ -297,12 +294,15 @@ def demo(
     = "linear,lorvp,vpt_deep",
     sets: Sets = [],  # noqa: B006
     condense: Annotated[bool, typer.Option(help="also condense VPT-deep with Prompt Condensation (keep 30%)")] = True,
+    pack: Annotated[bool, typer.Option(help="also train a second task (Fashion-MNIST super-classes) and pack every run "
+                                            "into one multi-task graph")] = True,
 ) -> None:
     """The main job: train the linear probe, LoR-VP and VPT-deep on Fashion-MNIST (offline DINOv2), condense
     VPT-deep, export every run (prompts folded, parity-gated), profile the deployed forms and write one report."""
     from .demo import run_demo
 
-    run_demo(out, [m.strip() for m in methods.split(",") if m.strip()], sets, quiet=_state["quiet"], condense=condense)
+    run_demo(out, [m.strip() for m in methods.split(",") if m.strip()], sets, quiet=_state["quiet"], condense=condense,
+             pack=pack)
 
 
 @app.command("export", epilog="Examples: `edgevp export runs/vpt` · `edgevp export runs/vpt --target ort-fp16` · "

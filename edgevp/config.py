@@ -41,11 +41,15 @@ class BackboneConfig:
     img_size: int | None = field(default=None, metadata={"help": "input size; default: the backbone's own"})
 
 
+DATASETS = ("fashion_mnist", "fashion_mnist_groups", "digits", "folder")  # `data.name` (edgevp list datasets)
+
+
 @dataclass
 class DataConfig:
     """Dataset, splits and loading."""
 
-    name: str = field(default="fashion_mnist", metadata={"help": "fashion_mnist | digits | folder"})
+    name: str = field(default="fashion_mnist", metadata={
+        "help": "fashion_mnist | fashion_mnist_groups (its 3 super-classes: clothing, footwear, bag) | digits | folder"})
     root: str | None = field(default=None, metadata={"help": "dataset directory (folder; overrides built-in paths)"})
     val_fraction: float = field(default=0.1, metadata={"help": "fraction of train held out for validation when "
                                                                  "the dataset has no val split"})

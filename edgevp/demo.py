@@ -1,6 +1,7 @@
 """The main job on the offline default: several methods trained on the same Fashion-MNIST subset with the offline
 DINOv2 ViT-S/14, compared in one table (trainable parameters, top-1, training time); VPT-deep condensed with Prompt
-Condensation; every run exported (prompts folded, parity-gated); the deployed forms profiled; one report."""
+Condensation; every run exported (prompts folded, parity-gated); the deployed forms profiled; one report; then a
+second task on the same backbone (Fashion-MNIST's three super-classes) and every run packed into one graph."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -18,7 +19,8 @@ RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "dinov2_fmnist
 DEMO_SETS = ["data.limit_train=1000", "data.limit_val=300", "data.limit_test=1000", "train.epochs=3"]
 
 
-def run_demo(out: Path, methods: list[str], sets: list[str], quiet: bool = False, condense: bool = True) -> list[dict]:
+def run_demo(out: Path, methods: list[str], sets: list[str], quiet: bool = False, condense: bool = True,
+             pack: bool = True) -> list[dict]:
     from .condense.pc import PCOptions, condense_pc
     from .train import fit
 
@@ -63,6 +65,8 @@ def run_demo(out: Path, methods: list[str], sets: list[str], quiet: bool = False
                   f"optimiser, {r['train_seconds'] / max(base['train_seconds'], 1e-9):.1f}x its training time)")
     if condense and (root / "vpt_deep-pc30").is_dir():
         export_and_profile(root, [Path(r["run_dir"]) for r in rows], rep)
+        if pack:
+            pack_tasks(root, [Path(r["run_dir"]) for r in rows], sets, rep, quiet)
     print(f"summary: {root / 'summary.md'}")
     return rows
 
@@ -95,6 +99,33 @@ def export_and_profile(root: Path, runs: list[Path], rep: Reporter) -> None:
     print(markdown(result["rows"]))
     md, _ = write_report(runs, root / "report")
     print(f"report: {md} (Pareto plot: {md.parent / 'pareto.png'})")
+
+
+def pack_tasks(root: Path, runs: list[Path], sets: list[str], rep: Reporter, quiet: bool) -> dict:
+    """Train a second task on the same backbone (LoR-VP on Fashion-MNIST's super-classes), then pack it with every
+    run into one graph, gated against each run's own export on its whole validation split."""
+    from .export.pipeline import ExportOptions, export_run
+    from .multitask.pipeline import PackOptions, pack
+    from .tables import markdown_table
+    from .train import fit
+
+    rep.log("== a second task on the same backbone: Fashion-MNIST super-classes (clothing, footwear, bag), LoR-VP ==")
+    cfg = build_run_config(load_yaml(RECIPE_DIR / "lorvp_groups.yaml"), [*DEMO_SETS, *sets])
+    res = fit(cfg, out=root / "groups-lorvp", command=["edgevp", "demo"], reporter=Reporter(quiet=quiet))
+    export_run(res.run_dir, ExportOptions())
+    tasks = [*runs, Path(res.run_dir)]
+    rep.log(f"== pack: {len(tasks)} tasks, one backbone, one graph; each task checked against its own export ==")
+    side = pack(tasks, root / "pack", PackOptions(gate_images=cfg.data.limit_val or 300))
+    rows = [[str(p["task"]), p["run"], str(t["num_classes"]), f"{p['top1_own_export']:.2f}", f"{p['top1_pack']:.2f}",
+             f"{p['max_abs']:.1e}"] for p, t in zip(side["parity"]["per_task"], side["tasks"])]
+    print(markdown_table(["task", "run", "classes", "val top-1 (own export)", "val top-1 (pack)", "max abs"], rows,
+                         "rllrrr"))
+    separate = sum((r / "export" / "model.onnx").stat().st_size for r in tasks)
+    packed = side["onnx"]["bytes"]
+    print(f"one pack: {packed / 2**20:.1f} MB for {len(tasks)} tasks vs {separate / 2**20:.1f} MB as separate exports "
+          f"({packed / separate:.3f}x); mixed-batch max abs vs per-sample {side['parity']['mixed_batch']['max_abs']:.1e}"
+          f" -> {root / 'pack'}")
+    return side
 
 
 DEMO_COLUMNS = [("method", "method", "{}"), ("trainable_params", "trainable params", "{:,}"),

@@ -35,6 +35,11 @@ def test_demo_trains_every_method_and_writes_the_comparison(tmp_path):
     assert all(row["latency_ratio"] > 0 for row in report)  # every run's deployed latency reaches the report
     assert (root / "report" / "report.md").is_file() and (root / "report" / "pareto.png").is_file()  # report step
     assert "p50 ratio" in r.output and "report:" in r.output
+    pack = json.loads((root / "pack" / "pack.json").read_text())  # pack step: a second task, every run in one graph
+    assert pack["status"] == "ok" and [t["run"] for t in pack["tasks"]] == [
+        "linear", "lorvp", "vpt_deep", "vpt_deep-pc30", "groups-lorvp"]
+    assert all(p["top1_pack"] == p["top1_own_export"] and p["images"] == 32 for p in pack["parity"]["per_task"])
+    assert "one pack:" in r.output and "| groups-lorvp |" in r.output
 
 
 def test_demo_rejects_unknown_methods(tmp_path):
