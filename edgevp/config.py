@@ -41,7 +41,18 @@ class BackboneConfig:
     img_size: int | None = field(default=None, metadata={"help": "input size; default: the backbone's own"})
 
 
-DATASETS = ("fashion_mnist", "fashion_mnist_groups", "digits", "folder")  # `data.name` (edgevp list datasets)
+# `data.name` (edgevp list datasets)
+DATASETS = ("fashion_mnist", "fashion_mnist_groups", "digits", "vtab1k", "fgvc", "folder")
+
+# VTAB-1k task folders of the widely shared folder format (NOAH's get_vtab1k.py); `cifar100` is accepted for `cifar`
+VTAB1K_TASKS = ("cifar", "cifar100", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397",
+                "patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy", "clevr_count", "clevr_dist", "dmlab",
+                "kitti", "dsprites_loc", "dsprites_ori", "smallnorb_azi", "smallnorb_ele")
+VTAB1KTask = Literal["cifar", "cifar100", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397",
+                     "patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy", "clevr_count", "clevr_dist",
+                     "dmlab", "kitti", "dsprites_loc", "dsprites_ori", "smallnorb_azi", "smallnorb_ele"]
+FGVC_DATASETS = ("cub", "nabirds", "stanford_dogs", "stanford_cars", "oxford_flowers")  # VPT's JSON split format
+FGVCDataset = Literal["cub", "nabirds", "stanford_dogs", "stanford_cars", "oxford_flowers"]
 
 
 @dataclass
@@ -49,8 +60,24 @@ class DataConfig:
     """Dataset, splits and loading."""
 
     name: str = field(default="fashion_mnist", metadata={
-        "help": "fashion_mnist | fashion_mnist_groups (its 3 super-classes: clothing, footwear, bag) | digits | folder"})
-    root: str | None = field(default=None, metadata={"help": "dataset directory (folder; overrides built-in paths)"})
+        "help": "fashion_mnist | fashion_mnist_groups (its 3 super-classes: clothing, footwear, bag) | digits | "
+                "vtab1k (VTAB-1k folder format: ROOT/<task>/{train800,val200,train800val200,test}.txt) | "
+                "fgvc (VPT's FGVC JSON splits: ROOT/{train,val,test}.json) | folder"})
+    root: str | None = field(default=None, metadata={
+        "help": "dataset directory (folder; overrides built-in paths); vtab1k: the folder holding the task folders; "
+                "fgvc: the dataset's folder holding train/val/test.json"})
+    task: VTAB1KTask | None = field(default=None, metadata={
+        "help": "vtab1k only (required): the task folder, e.g. cifar (cifar100 is accepted for it), dtd, "
+                "oxford_flowers102, clevr_count, smallnorb_ele"})
+    dataset: FGVCDataset | None = field(default=None, metadata={
+        "help": "fgvc only (required): cub | nabirds (images under images/) | stanford_dogs (Images/) | "
+                "stanford_cars | oxford_flowers (the root itself)"})
+    split_protocol: Literal["tune", "final"] = field(default="tune", metadata={
+        "help": "vtab1k/fgvc: tune = train800 (train.json) as train, val200 (val.json) as val, test.txt (test.json) "
+                "as test, for the lr/wd search; final = train800val200 (train.json + val.json) as train and test as "
+                "test, the papers' reported protocol; val200 (val.json) stays the val split for monitoring only: it "
+                "is part of train, so its accuracy is optimistic and the 'best' checkpoint it picks is in practice "
+                "one of the last epochs"})
     val_fraction: float = field(default=0.1, metadata={"help": "fraction of train held out for validation when "
                                                                  "the dataset has no val split"})
     test_fraction: float = field(default=0.2, metadata={"help": "fraction held out as test when there is no test split"})
@@ -61,6 +88,9 @@ class DataConfig:
     resize: Literal["direct", "timm"] = field(
         default="direct", metadata={"help": "direct: resize straight to the input size (VTAB/LoR-VP); timm: the "
                                             "backbone's resize + center crop"})
+    crop_pct: float | None = field(default=None, metadata={
+        "help": "resize=timm: resize the shorter side to size/crop_pct before the (center or random) crop; default: "
+                "the backbone's own (VPT's FGVC recipe: 224/256 = 0.875)"})
     augment: Literal["none", "flip", "crop_flip"] = "none"
     batch_size: int = 64
     eval_batch_size: int | None = None
@@ -74,6 +104,21 @@ class DataConfig:
         check(all(v is None or v >= 1 for v in (self.limit_train, self.limit_val, self.limit_test)),
               "limit_train/limit_val/limit_test must be >= 1 (or null for all)")
         check(self.num_workers >= 0, "num_workers must be >= 0")
+        check(self.crop_pct is None or 0.0 < self.crop_pct <= 1.0, "crop_pct must be in (0, 1] (or null)")
+        if self.name == "vtab1k":
+            check(self.task is not None, f"name=vtab1k needs data.task, one of {', '.join(VTAB1K_TASKS)}")
+        else:
+            check(self.task is None, f"data.task is only for name=vtab1k (name is {self.name}); set data.task=null")
+        if self.name == "fgvc":
+            check(self.dataset is not None, f"name=fgvc needs data.dataset, one of {', '.join(FGVC_DATASETS)}")
+        else:
+            check(self.dataset is None, f"data.dataset is only for name=fgvc (name is {self.name}); "
+                                        "set data.dataset=null")
+        if self.name in ("vtab1k", "fgvc"):
+            check(self.root is not None, f"name={self.name} needs data.root, the folder that holds "
+                                         + ("the task folders" if self.name == "vtab1k" else "train/val/test.json"))
+        else:
+            check(self.split_protocol == "tune", "split_protocol=final is only for name=vtab1k and name=fgvc")
 
 
 @dataclass

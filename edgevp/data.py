@@ -1,4 +1,5 @@
-"""Datasets: built-in real sets (Fashion-MNIST from Debian, sklearn digits) and image folders.
+"""Datasets: built-in real sets (Fashion-MNIST from Debian, sklearn digits), image folders, and the benchmark split
+files users have on disk (VTAB-1k in the shared folder format, FGVC in VPT's JSON format).
 
 Every dataset yields (image, label) with the image as float [0, 1], 3×S×S at the backbone's input size;
 normalisation happens inside the model (so pixel-space prompts can act before it). Grayscale becomes 3 channels.
@@ -6,6 +7,8 @@ normalisation happens inside the model (so pixel-space prompts can act before it
 from __future__ import annotations
 
 import gzip
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -239,7 +242,181 @@ def _fashion_mnist_groups(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset |
     return regroup(train), regroup(test), {**source, "labels": "super-classes", "groups": FASHION_MNIST_GROUPS}
 
 
-BUILTIN = {"fashion_mnist": _fashion_mnist, "fashion_mnist_groups": _fashion_mnist_groups, "digits": _digits}
+# -- benchmark split files: VTAB-1k (folder format) and FGVC (VPT's JSON splits) ------------------------------------
+# Class counts of the VTAB tasks (the TFDS label ids the split files carry); a label at or above it is refused
+VTAB1K_CLASSES = {"cifar": 100, "caltech101": 102, "dtd": 47, "oxford_flowers102": 102, "oxford_iiit_pet": 37,
+                  "svhn": 10, "sun397": 397, "patch_camelyon": 2, "eurosat": 10, "resisc45": 45,
+                  "diabetic_retinopathy": 5, "clevr_count": 8, "clevr_dist": 6, "dmlab": 6, "kitti": 4,
+                  "dsprites_loc": 16, "dsprites_ori": 16, "smallnorb_azi": 18, "smallnorb_ele": 9}
+VTAB1K_ALIASES = {"cifar100": "cifar"}
+# split files per protocol: (train files, val file, test file)
+VTAB1K_FILES = {"tune": (("train800.txt",), "val200.txt", "test.txt"),
+                "final": (("train800val200.txt",), "val200.txt", "test.txt")}
+FGVC_FILES = {"tune": (("train.json",), "val.json", "test.json"),
+              "final": (("train.json", "val.json"), "val.json", "test.json")}
+FGVC_IMAGE_ROOT = {"cub": "images", "nabirds": "images", "stanford_dogs": "Images", "stanford_cars": "",
+                   "oxford_flowers": ""}
+
+
+def _split_file(path: Path, fmt: str) -> None:
+    if not path.is_file():
+        raise DataError(f"{fmt} split file '{path}' not found",
+                        "expected " + ("ROOT/<task>/{train800,val200,train800val200,test}.txt" if fmt == "vtab1k"
+                                       else "ROOT/{train,val,test}.json"))
+
+
+def _check_images(path: Path, entries: list[tuple[str, int, int]], image_root: Path) -> list[str]:
+    """Absolute image paths of `entries` (relative path, label, line); the first missing one is a DataError."""
+    out, missing = [], []
+    for rel, _, line in entries:
+        full = image_root / rel
+        if not full.is_file():
+            missing.append((rel, line))
+        out.append(str(full))
+    if missing:
+        (rel, line), more = missing[0], len(missing) - 1
+        raise DataError(f"{path}:{line}: image '{rel}' not found under '{image_root}'"
+                        + (f" ({more} more missing in this file)" if more else ""),
+                        "the split files name images relative to " + str(image_root))
+    return out
+
+
+def _read_vtab_list(path: Path) -> list[tuple[str, int, int]]:
+    """`<relative image path> <integer label>` per line -> [(path, label, line number)]; blank lines skipped."""
+    _split_file(path, "vtab1k")
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for n, raw in enumerate(f, 1):
+            text = raw.strip()
+            if not text:
+                continue
+            parts = text.rsplit(maxsplit=1)
+            if len(parts) != 2 or not re.fullmatch(r"[+-]?\d+", parts[1]):
+                raise DataError(f"{path}:{n}: cannot parse {text[:80]!r}",
+                                "each line is '<relative image path> <integer label>'")
+            entries.append((parts[0], int(parts[1]), n))
+    if not entries:
+        raise DataError(f"vtab1k split file '{path}' is empty")
+    return entries
+
+
+def _json_line(text: str, key: str) -> int:
+    """Line number of `key` in a JSON text (1 when not found verbatim)."""
+    at = text.find(json.dumps(key))
+    return text.count("\n", 0, at) + 1 if at >= 0 else 1
+
+
+def _read_fgvc_json(path: Path) -> list[tuple[str, int, int]]:
+    """VPT's `{relative image path: class id}` -> [(path, class id, line number)]."""
+    _split_file(path, "fgvc")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})",
+                        "expected one object {\"relative/image.jpg\": class_id, ...}") from None
+    if not isinstance(data, dict) or not data:
+        raise DataError(f"{path}:1: expected a non-empty JSON object {{relative image path: class id}}")
+    entries = []
+    for key, value in data.items():
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise DataError(f"{path}:{_json_line(text, key)}: class id of '{key}' is {value!r}, not an integer")
+        entries.append((key, value, _json_line(text, key)))
+    return entries
+
+
+def _hashes(files: dict[str, Path]) -> dict[str, str]:
+    return {name: sha256_file(p) for name, p in files.items()}
+
+
+def _vtab1k(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset, dict, ImageDataset]:
+    """VTAB-1k in the shared folder format. Labels are used as written (the TFDS class ids that test.txt shares), not
+    re-indexed: classes = 0..max label over the files read; a negative label, one at or above the task's class count,
+    or a class id below the maximum with no image in any file (a gap: the files do not carry VTAB's ids) is refused."""
+    task = VTAB1K_ALIASES.get(cfg.task, cfg.task)
+    root = Path(cfg.root).expanduser()
+    task_dir = root / task
+    if not task_dir.is_dir():
+        raise DataError(f"vtab1k task folder '{task_dir}' does not exist",
+                        f"data.root must hold one folder per task (data.task={cfg.task} reads '{task}/')")
+    train_names, val_name, test_name = VTAB1K_FILES[cfg.split_protocol]
+    names = dict.fromkeys([*train_names, val_name, test_name])
+    read = {n: _read_vtab_list(task_dir / n) for n in names}
+    limit = VTAB1K_CLASSES[task]
+    present = set()
+    for n, entries in read.items():
+        for rel, label, line in entries:
+            if not 0 <= label < limit:
+                raise DataError(f"{task_dir / n}:{line}: label {label} is outside 0..{limit - 1} ({task} has "
+                                f"{limit} classes)", "VTAB labels are the dataset's class ids 0..C-1")
+            present.add(label)
+    num = max(present) + 1
+    gaps = sorted(set(range(num)) - present)
+    if gaps:
+        raise DataError(f"vtab1k labels of '{task_dir}' skip class {gaps[0]}" + (
+            f" and {len(gaps) - 1} more" if len(gaps) > 1 else "") + f" of 0..{num - 1} in {', '.join(read)}",
+                        "VTAB labels must be the class ids 0..C-1; edgevp does not re-index them")
+    classes = [str(i) for i in range(num)]
+
+    def build(files: tuple[str, ...]) -> ImageDataset:
+        paths, labels = [], []
+        for n in files:
+            paths += _check_images(task_dir / n, read[n], task_dir)
+            labels += [label for _, label, _ in read[n]]
+        return ImageDataset(paths, labels, classes)
+
+    train, val, test = build(train_names), build((val_name,)), build((test_name,))
+    source = {"format": "vtab1k", "root": str(root), "task": task, "task_dir": str(task_dir),
+              "split_protocol": cfg.split_protocol,
+              "files": {"train": list(train_names), "val": val_name, "test": test_name},
+              "sha256": _hashes({n: task_dir / n for n in names}), "num_classes": num}
+    return train, test, source, val
+
+
+def _fgvc(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset, dict, ImageDataset]:
+    """FGVC in VPT's JSON split format. Class ids are re-indexed contiguously in sorted order over the union of the
+    files read (VPT sorts per file: the same when every split holds every class)."""
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"fgvc dataset folder '{root}' does not exist")
+    image_root = root / FGVC_IMAGE_ROOT[cfg.dataset]
+    train_names, val_name, test_name = FGVC_FILES[cfg.split_protocol]
+    names = dict.fromkeys([*train_names, val_name, test_name])
+    read = {n: _read_fgvc_json(root / n) for n in names}
+    for n, entries in read.items():
+        for rel, cid, line in entries:
+            if cid < 0:
+                raise DataError(f"{root / n}:{line}: class id {cid} of '{rel}' is negative")
+    ids = sorted({cid for entries in read.values() for _, cid, _ in entries})
+    index = {cid: i for i, cid in enumerate(ids)}
+    # class names: each class's own top folder when that is unambiguous (CUB: 001.Black_footed_Albatross), else its id
+    folders: dict[int, set[str]] = {}
+    for entries in read.values():
+        for rel, cid, _ in entries:
+            folders.setdefault(cid, set()).add(rel.split("/")[0] if "/" in rel else "")
+    tops = [next(iter(folders[c])) if len(folders[c]) == 1 else "" for c in ids]
+    classes = tops if all(tops) and len(set(tops)) == len(tops) else [str(c) for c in ids]
+
+    def build(files: tuple[str, ...]) -> ImageDataset:
+        paths, labels = [], []
+        for n in files:
+            paths += _check_images(root / n, read[n], image_root)
+            labels += [index[cid] for _, cid, _ in read[n]]
+        return ImageDataset(paths, labels, classes)
+
+    train, val, test = build(train_names), build((val_name,)), build((test_name,))
+    source = {"format": "fgvc", "root": str(root), "dataset": cfg.dataset, "image_root": str(image_root),
+              "split_protocol": cfg.split_protocol,
+              "files": {"train": list(train_names), "val": val_name, "test": test_name},
+              "sha256": _hashes({n: root / n for n in names}), "num_classes": len(ids),
+              "class_ids": ids}
+    return train, test, source, val
+
+
+BUILTIN = {"fashion_mnist": _fashion_mnist, "fashion_mnist_groups": _fashion_mnist_groups, "digits": _digits,
+           "vtab1k": _vtab1k, "fgvc": _fgvc}
 
 
 def load_splits(cfg: DataConfig) -> Splits:
@@ -247,8 +424,9 @@ def load_splits(cfg: DataConfig) -> Splits:
     val = None
     if cfg.name == "folder":
         train, test, source, val = _folder(cfg)
-    elif cfg.name in BUILTIN:
-        train, test, source = BUILTIN[cfg.name](cfg)
+    elif cfg.name in BUILTIN:  # (train, test, source) or, with a val split of its own, (train, test, source, val)
+        train, test, source, *rest = BUILTIN[cfg.name](cfg)
+        val = rest[0] if rest else None
     else:
         raise DataError(f"unknown dataset '{cfg.name}'", f"choose one of {', '.join([*BUILTIN, 'folder'])}")
     if test is None and cfg.test_fraction > 0:
@@ -273,7 +451,7 @@ def load_splits(cfg: DataConfig) -> Splits:
 def backbone_transform(cfg: DataConfig, info) -> ImageTransform:
     """The resize (+ augmentation) to the backbone's input size, from its own data config (`BackboneInfo`)."""
     return ImageTransform(size=info.input_size[-1], interpolation=info.interpolation, resize=cfg.resize,
-                          crop_pct=info.crop_pct, augment=cfg.augment)
+                          crop_pct=cfg.crop_pct or info.crop_pct, augment=cfg.augment)
 
 
 def load_data(cfg: DataConfig, info) -> Splits:

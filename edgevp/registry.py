@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .config import PromptConfig
 from .errors import ConfigError, MissingError
-from .prompts.configs import E2VPTConfig, LinearConfig, LoRVPConfig, VPTConfig
+from .prompts.configs import E2VPTConfig, LinearConfig, LoRVPConfig, PadConfig, VPTConfig
 
 if TYPE_CHECKING:
     from .prompts.base import PromptMethod
@@ -44,6 +44,7 @@ _METHODS: dict[str, MethodSpec] = {
     "vpt": MethodSpec("vpt", VPTConfig, "edgevp.prompts.vpt"),
     "e2vpt": MethodSpec("e2vpt", E2VPTConfig, "edgevp.prompts.e2vpt"),
     "lorvp": MethodSpec("lorvp", LoRVPConfig, "edgevp.prompts.lorvp"),
+    "pad": MethodSpec("pad", PadConfig, "edgevp.prompts.pad"),
 }
 _plugins_loaded = False
 

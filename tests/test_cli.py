@@ -39,7 +39,8 @@ def test_import_and_help_stay_lean():
 
 def test_list_methods_comes_from_the_registry():
     r = invoke("list", "methods")
-    assert r.exit_code == 0 and [line.split()[0] for line in r.output.splitlines()] == ["e2vpt", "linear", "lorvp", "vpt"]
+    assert r.exit_code == 0 and [line.split()[0] for line in r.output.splitlines()] == ["e2vpt", "linear", "lorvp",
+                                                                                         "pad", "vpt"]
     assert invoke("list", "exit-codes").output.count("\n") == 9
     targets = [line.split()[0] for line in invoke("list", "targets").output.splitlines()]
     assert targets == ["onnx", "ort-fp16", "ort-int8", "trt-fp16", "trt-fp32", "trt-int8"]

@@ -77,3 +77,20 @@ class LoRVPConfig(PromptConfig):
     def __post_init__(self):
         check(self.rank >= 1 and self.mapping_every >= 1, "rank and mapping_every must be >= 1")
         check(self.init_std >= 0, "init_std must be >= 0")
+
+
+@dataclass
+class PadConfig(PromptConfig):
+    """Pad prompt (VP): learned pixels in a border of width p added to the resized image before normalisation."""
+
+    size: int = field(default=30, metadata={
+        "help": "border width p in pixels (VP: 30 at 224 px); p < L/2 for an L×L input, checked when the method "
+                "is built"})
+    init: Literal["vp", "normal", "zeros"] = field(default="vp", metadata={
+        "help": "vp: N(0, std_c²) per channel c with the backbone's normalisation std, i.e. the VP reference's "
+                "N(0, 1) in normalised space; normal: N(0, init_std²) in [0, 1] pixel space; zeros: start at 0"})
+    init_std: float = field(default=0.1, metadata={"help": "std of init=normal (pixel space)"})
+
+    def __post_init__(self):
+        check(self.size >= 1, "size (the border width p) must be >= 1")
+        check(self.init_std >= 0, "init_std must be >= 0")
