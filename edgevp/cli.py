@@ -338,6 +338,9 @@ def export_(
     with_references: Annotated[bool, typer.Option(
         help="onnx: also export the bare backbone (bare.onnx) and the unfolded prompted model (unfolded.onnx), the "
              "references `edgevp profile RUN` compares with")] = False,
+    test_images: Annotated[int, typer.Option(
+        help="test.npz: at most this many test images (uint8, resized as the artifact takes them) for `edgevp eval` "
+             "on the device; 0 writes none")] = 500,
 ) -> None:
     """Fold the prompts into constants and export deployable artifacts, gated on parity with the PyTorch model.
 
@@ -350,7 +353,8 @@ def export_(
         target=target, opset=opset, out=out, dynamic_batch=dynamic_batch, include_preprocess=include_preprocess,
         exporter=exporter, simplify=simplify, checkpoint=checkpoint, atol=atol, max_drop=max_drop,
         int8_mode=int8_mode, calib_method=calib_method, int8_ops=int8_ops, gate_images=gate_images,
-        trt_dynamic_batch=trt_dynamic_batch, trt_max_batch=trt_max_batch, with_references=with_references))
+        trt_dynamic_batch=trt_dynamic_batch, trt_max_batch=trt_max_batch, with_references=with_references,
+        test_images=test_images))
     p, acc, fold = sidecar["parity"], sidecar.get("accuracy_vs_fp32"), sidecar["fold"]
     extra = f", top-1 {acc['top1']:.2f} vs fp32 {acc['top1_fp32']:.2f}" if acc else ""
     typer.echo(f"done: {target} ({fold['kind']} fold), parity max "
@@ -408,6 +412,105 @@ def pack(
     for r in side["parity"]["per_task"]:
         typer.echo(f"  task {r['task']} {r['run']}: val top-1 {r['top1_pack']:.2f} (own export "
                    f"{r['top1_own_export']:.2f}) on {r['images']} images")
+
+
+_FOREIGN = "a model without edgevp metadata (a foreign ONNX): "
+DeviceTask = Annotated[Optional[int], typer.Option(help="a multi-task pack (edgevp pack): the task id (see tasks.json)")]
+DeviceSize = Annotated[Optional[str], typer.Option(help=_FOREIGN + "input size S or HxW")]
+DeviceMean = Annotated[Optional[str], typer.Option(help=_FOREIGN + "normalisation mean R,G,B")]
+DeviceStd = Annotated[Optional[str], typer.Option(help=_FOREIGN + "normalisation std R,G,B")]
+DeviceLabels = Annotated[Optional[Path], typer.Option(help="class names, one per line (for a model without them)")]
+
+
+@app.command("eval", epilog="Examples: `edgevp eval runs/vpt/export/model.onnx` (the export's test.npz) · "
+                            "`edgevp eval trt-fp16/model.trt10.3-sm87-fp16.engine --data photos/` · "
+                            "`edgevp eval runs/pack/model.onnx --task 1 --data fmnist-groups/` · "
+                            "`edgevp eval other.onnx --data photos/ --size 224 --mean 0.485,0.456,0.406 "
+                            "--std 0.229,0.224,0.225 --labels labels.txt`")
+@handle_errors
+def eval_(
+    artifact: Annotated[Path, typer.Argument(help="an .onnx (fp32/fp16/int8, a pack), a TensorRT .engine, or an "
+                                                  "export / bundle directory")],
+    data: Annotated[Optional[Path], typer.Option(help="image folder ROOT/<class>/<image>, or a test.npz (default: "
+                                                      "the test.npz exported beside the artifact)")] = None,
+    task: DeviceTask = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="where eval.json/eval.csv/confusion.* go "
+                                                                    "(default: <artifact folder>/eval/<artifact>)")]
+    = None,
+    batch: Annotated[int, typer.Option(help="images per inference call (an engine's own batch caps it)")] = 32,
+    limit: Annotated[Optional[int], typer.Option(help="evaluate only the first N images")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="stop at the first unreadable image (exit 5) instead of "
+                                                          "skipping it with a warning")] = False,
+    size: DeviceSize = None,
+    mean: DeviceMean = None,
+    std: DeviceStd = None,
+    labels: DeviceLabels = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print eval.json on stdout")] = False,
+) -> None:
+    """Accuracy of a deployed artifact on the device (no PyTorch): top-1/top-5, per-class accuracy and a confusion
+    matrix, compared with the run's PyTorch test top-1 when the run is found (ARTIFACT under RUN/export).
+
+    Preprocessing comes from the artifact's own metadata (input size, resize policy, normalisation inside or not).
+    The dataset's classes must be classes of the artifact (matched by name).
+
+    Exit codes: 2 a foreign model without --size/--mean/--std, --task out of range or on a single-task model ·
+    4 ONNX Runtime / TensorRT missing · 5 dataset missing or unreadable, classes that do not match, an unreadable
+    image with --strict · 6 artifact missing or unreadable, an engine built for another TensorRT / GPU (rebuild it
+    with the bundle's build_engine.sh).
+    """
+    import json as _json
+
+    from .device.commands import run_eval
+    from .device.evaluate import summary_line
+
+    doc, where = run_eval(artifact, data, task, out, batch, limit, strict, size, mean, std, labels,
+                          warn=lambda m: typer.echo(m, err=True))
+    typer.echo(_json.dumps(doc, indent=1) if json_out else summary_line(doc, where))
+
+
+@app.command(epilog="Examples: `edgevp predict runs/vpt/export/model.onnx photo.jpg` · `edgevp predict "
+                    "trt-fp16/ photos/ --batch 8 --csv > predictions.csv` · `edgevp predict model.onnx photos/ --json`")
+@handle_errors
+def predict(
+    artifact: Annotated[Path, typer.Argument(help="an .onnx (fp32/fp16/int8, a pack), a TensorRT .engine, or an "
+                                                  "export / bundle directory")],
+    images: Annotated[list[Path], typer.Argument(help="image files and/or folders (searched recursively)")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="labels per image")] = 5,
+    batch: Annotated[int, typer.Option(help="images per inference call (an engine's own batch caps it)")] = 32,
+    task: DeviceTask = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON (predictions + summary)")] = False,
+    csv_out: Annotated[bool, typer.Option("--csv", help="print CSV: image,rank,label,index,probability")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="stop at the first image that cannot be decoded (exit 5)")]
+    = False,
+    size: DeviceSize = None,
+    mean: DeviceMean = None,
+    std: DeviceStd = None,
+    labels: DeviceLabels = None,
+) -> None:
+    """Top-k labels with softmax probabilities per image, on the device (no PyTorch).
+
+    An image that cannot be decoded is skipped: one warning line on stderr, counted in the summary (exit 0); with
+    --strict the first one stops the command with exit 5.
+
+    Exit codes: 2 bad option, --task out of range, a foreign model without --size/--mean/--std · 4 ONNX Runtime /
+    TensorRT missing · 5 an image path that does not exist, no images, an undecodable image with --strict ·
+    6 artifact missing or unreadable, an engine built for another TensorRT / GPU.
+    """
+    from .device import predict as P
+    from .device.commands import run_predict
+
+    if json_out and csv_out:
+        _fail("--json and --csv exclude each other", 2)
+    res = run_predict(artifact, list(images), task, top_k, batch, strict, size, mean, std, labels,
+                      warn=lambda m: typer.echo(m, err=True))
+    if json_out:
+        typer.echo(P.as_json(res))
+    elif csv_out:
+        typer.echo(P.as_csv(res), nl=False)
+        typer.echo(P.summary(res), err=True)
+    else:
+        typer.echo(P.as_table(res))
+        typer.echo(P.summary(res))
 
 
 def main() -> None:

@@ -78,6 +78,29 @@ def _latency(run: Path, profiles: list[dict]) -> dict | None:
     return None
 
 
+def _deployed_top1(run: Path) -> dict:
+    """Top-1 of the run's deployed artifacts measured by `edgevp eval` (eval.json files under RUN/export), one per
+    form (fp32 / fp16 / int8 / engine-<precision>); evaluations on the exported test split come first."""
+    found: dict[str, tuple] = {}
+    export = run / "export"
+    for f in sorted(export.rglob("eval.json")) if export.is_dir() else []:
+        try:
+            doc = json.loads(f.read_text())
+            art = doc["artifact"]
+            label = f"engine-{art['precision']}" if art.get("kind") == "engine" else str(art["precision"])
+            key = (doc.get("data", {}).get("kind") == "test.npz", str(doc.get("created_at", "")))
+            value = float(doc["top1"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if label not in found or key > found[label][0]:
+            found[label] = (key, value)
+    order = {"fp32": 0, "fp16": 1, "int8": 2}
+    values = {k: found[k][1] for k in sorted(found, key=lambda k: (order.get(k, 3), k))}
+    if not values:
+        return {}
+    return {"deployed_top1": " · ".join(f"{k} {v:.2f}" for k, v in values.items()), "deployed_top1_values": values}
+
+
 def summarize(run: Path, profiles: list[dict] | None = None) -> dict:
     rd = RunDir(run)
     m = rd.manifest()
@@ -91,6 +114,7 @@ def summarize(run: Path, profiles: list[dict] | None = None) -> dict:
            "mac_ratio": info.get("macs") and info.get("bare_macs") and info["macs"] / info["bare_macs"],
            "test_top1": info.get("test_top1"), "val_top1": info.get("best_val_top1"),
            "train_seconds": info.get("train_seconds")}
+    row.update(_deployed_top1(run))
     lat = _latency(run, _profiles([run]) if profiles is None else profiles)
     if lat:
         row.update(latency_p50_ms=lat["p50_ms"], latency_ratio=lat["ratio"], latency_backend=lat["backend"],
@@ -104,7 +128,8 @@ COLS = [("method", "method", "{}"), ("prompts_kept", "prompts kept", "{}"), ("tr
         ("deployed_gmacs", "GMACs deployed", "{:.3f}"),
         ("latency_p50_ms", "p50 ms", "{:.2f}"), ("latency_ratio", "p50 vs bare", "{:.3f}"),
         ("latency_ratio_range", "per round", "{:.3f}–{:.3f}"),
-        ("latency_on", "measured on", "{}"), ("test_top1", "top-1", "{:.2f}"), ("run", "run", "{}")]
+        ("latency_on", "measured on", "{}"), ("test_top1", "top-1", "{:.2f}"),
+        ("deployed_top1", "deployed top-1 (edgevp eval)", "{}"), ("run", "run", "{}")]
 
 
 def table(rows: list[dict]) -> str:

@@ -46,9 +46,12 @@ class ExportOptions:
     trt_dynamic_batch: bool = False  # TensorRT: dynamic batch profile instead of a fixed-shape engine
     trt_max_batch: int = 8
     with_references: bool = False  # onnx: also export bare.onnx and unfolded.onnx, the references profiling uses
+    test_images: int = 500  # test.npz: at most this many test images (uint8, resized) for `edgevp eval`; 0: none
 
     def __post_init__(self):
         check_options(self)
+        if self.test_images < 0:
+            raise ConfigError(f"test_images must be >= 0, got {self.test_images}")
         for name in ("gate_images", "calib_images", "trt_max_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -161,8 +164,11 @@ def export_run(run_path: str | Path, opts: ExportOptions) -> dict:
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         ctx = ExportContext(run, cfg, model, deploy, fold, header, opts, out, work, sha256(run.checkpoint(opts.checkpoint)))
+        test_split = write_test_split(ctx, work / TEST_FILE)  # before build: a TensorRT bundle copies it
         result = target.build(ctx)
         status = result.get("status", "ok")
+        if test_split is not None and status != "failed" and TEST_FILE not in result["files"]:
+            result = {**result, "files": [*result["files"], TEST_FILE], "test_split": test_split}
         sidecar = {"status": status, "target": target.name, "created_at": now(), "source_run": run.path.name,
                    "source_checkpoint": opts.checkpoint, "source_checkpoint_sha256": ctx.checkpoint_sha256,
                    "method": cfg.method, "backbone": cfg.backbone.name, "options": _jsonable(asdict(opts)),
@@ -183,6 +189,46 @@ def export_run(run_path: str | Path, opts: ExportOptions) -> dict:
     if status == "missing":
         raise MissingError(sidecar.get("error", "a dependency is missing"))
     return sidecar
+
+
+TEST_FILE = "test.npz"
+
+
+def write_test_split(ctx, path: Path) -> dict | None:
+    """The run's test split as `edgevp eval` takes it on the device: `images` uint8 N×3×H×W, resized as the artifact
+    expects ([0, 1] scaled by 255; normalisation is never applied here), `labels` int64, `class_names`, and
+    `torch_top1`: the PyTorch model's top-1 on exactly these (uint8) images, what a fp32 artifact must reproduce.
+    At most `opts.test_images` images (the first ones); None (nothing written) without a test split or with 0."""
+    import json
+
+    import numpy as np
+
+    from .onnx import torch_logits
+
+    n = ctx.opts.test_images
+    ds = getattr(ctx.splits(), "test", None)
+    if n == 0 or ds is None or len(ds) == 0:
+        return None
+    import torch
+
+    n = min(n, len(ds))
+    chunks, ys, hits = [], [], 0
+    for i in range(0, n, 64):  # in chunks: 500 float images at 224x224 would be 300 MB at once
+        xs, yy = zip(*(ds[j] for j in range(i, min(i + 64, n))))
+        u8 = np.clip(np.rint(torch.stack(xs).numpy() * 255.0), 0, 255).astype(np.uint8)
+        yy = np.asarray(yy, dtype=np.int64)
+        hits += int((torch_logits(ctx.model, u8.astype(np.float32) / 255.0).argmax(1) == yy).sum())
+        chunks.append(u8)
+        ys.append(yy)
+    images, y = np.concatenate(chunks), np.concatenate(ys)
+    top1 = float(hits / len(y) * 100)
+    info = {"file": TEST_FILE, "images": int(len(y)), "cap": ctx.opts.test_images, "split_size": int(len(ds)),
+            "dtype": "uint8", "torch_top1": top1, "source_run": ctx.run.path.name,
+            "source_checkpoint_sha256": ctx.checkpoint_sha256}
+    np.savez_compressed(path, images=images, labels=y.astype(np.int64), class_names=np.asarray(ctx.classes()),
+                        torch_top1=np.float64(top1), info=np.asarray(json.dumps(info)))
+    ctx.info["test_split"] = info
+    return info
 
 
 def _jsonable(d: dict) -> dict:

@@ -1,0 +1,220 @@
+"""Open a deployed artifact on the device (torch-free): an ONNX file (fp32 / fp16 / int8, a multi-task pack with a
+task), a TensorRT engine, or a directory holding one (an export directory, a TensorRT bundle, a pack). What it takes
+(input size, resize policy, mean/std, whether normalisation is inside) and its class names come from its own
+metadata: the ONNX metadata props edgevp writes, or for an engine the bundle's sidecar (`model.json`, labels.txt)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ConfigError, IncompatibleError
+from ..optional import optional, require
+from .formats import check_engine_name
+from .preprocess import Preprocess
+
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact: `logits(x)` on images as `pre` says (N×3×H×W float32, already normalised if needed)."""
+
+    path: Path
+    kind: str  # onnx | pack | engine
+    precision: str
+    pre: Preprocess
+    classes: list[str] | None
+    meta: dict
+    max_batch: int | None  # None: any batch
+    task: int | None = None
+    _run: Callable[[np.ndarray], np.ndarray] | None = None
+    _close: Callable[[], None] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def logits(self, x: np.ndarray, batch: int = 32) -> np.ndarray:
+        b = min(batch, self.max_batch) if self.max_batch else batch
+        return np.concatenate([self._run(x[i:i + b]) for i in range(0, len(x), b)]).astype(np.float32)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+    def describe(self) -> dict:
+        return {"path": str(self.path), "kind": self.kind, "precision": self.precision, "task": self.task,
+                "classes": None if self.classes is None else len(self.classes), "preprocessing": self.pre.to_dict()}
+
+
+def _precision_from_name(name: str) -> str:
+    return "int8" if ".int8." in name else "fp16" if ".fp16." in name else "fp32"
+
+
+def resolve(path: str | Path) -> Path:
+    """The model file of ARTIFACT: the file itself, or inside a directory an engine (when TensorRT is here) or the
+    ONNX. Raises IncompatibleError (exit 6) when there is none."""
+    p = Path(path)
+    if not p.exists():
+        raise IncompatibleError(f"artifact '{p}' does not exist",
+                                "give an .onnx file, an .engine, or an export / bundle / pack directory")
+    if p.is_file():
+        if p.suffix not in (".onnx", *ENGINE_SUFFIXES):
+            raise IncompatibleError(f"'{p}' is not an ONNX model or a TensorRT engine (.onnx, .engine, .plan)")
+        return p
+    engines = sorted(q for q in p.iterdir() if q.suffix in ENGINE_SUFFIXES and q.is_file())
+    if engines and optional("tensorrt") is not None:
+        return engines[-1]
+    side = p / "model.json"
+    names = []
+    if side.is_file():
+        try:
+            names.append(json.loads(side.read_text()).get("onnx") or "")
+        except ValueError:
+            pass
+    names += ["model.onnx", "model.fp16.onnx", "model.int8.onnx"]
+    for n in names:
+        if n and (p / n).is_file():
+            return p / n
+    raise IncompatibleError(f"no artifact in '{p}' (no .onnx or .engine)", "give the model file itself")
+
+
+def open_artifact(path: str | Path, task: int | None = None, size: tuple[int, int] | None = None,
+                  mean: tuple | None = None, std: tuple | None = None, labels: Path | None = None) -> Artifact:
+    """Load ARTIFACT. Raises IncompatibleError (6) missing/unreadable, ConfigError (2) a foreign model without
+    --size/--mean/--std, --task on a single-task model, a pack without --task or out of range, MissingError (4)
+    no ONNX Runtime / TensorRT."""
+    p = resolve(path)
+    art = _open_engine(p) if p.suffix in ENGINE_SUFFIXES else _open_onnx(p, task)
+    given = [n for n, v in (("--size", size), ("--mean", mean), ("--std", std)) if v is not None]
+    if art.pre is None:  # a foreign model: no edgevp metadata
+        if len(given) < 3:
+            art.close()
+            raise ConfigError(f"'{p}' has no edgevp metadata (input size, mean/std, class names)",
+                              "give --size HxW, --mean R,G,B and --std R,G,B (0,0,0 and 1,1,1 for a model that takes "
+                              "[0, 1] images), and --labels FILE for class names")
+        art.pre = Preprocess(size=size, mean=mean, std=std, include_preprocess=False, source="options")
+    elif given:
+        art.close()
+        raise ConfigError(f"'{p}' carries its own preprocessing ({'/'.join(given)} would override it)",
+                          "drop " + ", ".join(given))
+    if labels is not None:
+        if not Path(labels).is_file():
+            raise IncompatibleError(f"labels file '{labels}' does not exist")
+        art.classes = [line.strip() for line in Path(labels).read_text().splitlines() if line.strip()]
+    if art.task is None and task is not None:
+        art.close()
+        raise ConfigError(f"--task is for multi-task packs; '{p}' is a single-task model", "drop --task")
+    return art
+
+
+def _open_onnx(p: Path, task: int | None) -> Artifact:
+    from ..multitask import feeds
+
+    ort = require("onnxruntime", "running an ONNX artifact", "pip install onnxruntime (onnxruntime-gpu on a GPU)")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises its own types for unreadable models
+        raise IncompatibleError(f"ONNX Runtime cannot load '{p}': {str(e).splitlines()[0][:200]}") from None
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    inputs = sess.get_inputs()
+    data = _json(meta.get("data_config"))
+    pre = Preprocess.from_data_config(data) if isinstance(data, dict) and "input_size" in data else None
+    dim0 = inputs[0].shape[0]
+    max_batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
+    info = {k: meta[k] for k in ("method", "backbone", "source_run", "source_checkpoint_sha256") if k in meta}
+    if feeds.is_pack([i.name for i in inputs]):
+        tables = feeds.load_tables(p, {i.name: i.shape for i in inputs})
+        n = feeds.num_tasks(p, tables, meta)
+        if task is None:
+            raise ConfigError(f"'{p}' is a multi-task pack of {n} tasks: give --task N (0..{n - 1})")
+        feeds.task_ids(str(task), 1, n)  # ConfigError (exit 2) when out of range
+        tasks = _pack_tasks(p, meta)
+        classes = list(tasks[task]["classes"]) if task < len(tasks) else None
+        if classes is None:
+            raise IncompatibleError(f"'{p}' lists no classes for task {task}", "copy the pack's tasks.json beside it")
+        k = len(classes)
+
+        def run(x):
+            feed = {feeds.IMAGES: x, feeds.TASK: np.full(len(x), task, np.int64), **tables}
+            return sess.run(None, feed)[0][:, :k]
+
+        info.update(pack_task=tasks[task] if task < len(tasks) else None, tasks=n)
+        return Artifact(p, "pack", _precision_from_name(p.name), pre, classes, info, max_batch, task, run)
+    name = inputs[0].name
+    classes = _json(meta.get("class_names"))
+    return Artifact(p, "onnx", _precision_from_name(p.name), pre, classes if isinstance(classes, list) else None,
+                    info, max_batch, None, lambda x: sess.run(None, {name: x})[0])
+
+
+def _pack_tasks(p: Path, meta: dict) -> list[dict]:
+    side = p.parent / "tasks.json"
+    if side.is_file():
+        try:
+            tasks = json.loads(side.read_text()).get("tasks")
+            if isinstance(tasks, list) and all("classes" in t for t in tasks):
+                return tasks
+        except (ValueError, AttributeError):
+            pass
+    tasks = _json(meta.get("tasks"))
+    return tasks if isinstance(tasks, list) else []
+
+
+def _json(text):
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def engine_sidecar(p: Path) -> dict:
+    """The engine's sidecar (`<engine stem>.json`, else the bundle's model.json), {} when there is none."""
+    for side in (p.with_suffix(".json"), p.parent / "model.json"):
+        if side.is_file():
+            try:
+                return json.loads(side.read_text())
+            except ValueError:
+                raise IncompatibleError(f"'{side}' is corrupt (not JSON)") from None
+    return {}
+
+
+def compute_capability() -> str | None:
+    """CUDA compute capability of GPU 0 ('8.7'), from nvidia-smi or, on a Jetson, the SoC; None when unknown."""
+    from ..profile.device import _read, _run
+
+    out = _run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"])
+    if out and out.splitlines()[0].strip().replace(".", "").isdigit():
+        return out.splitlines()[0].strip()
+    compat = _read("/proc/device-tree/compatible") or ""
+    for soc, cc in (("tegra234", "8.7"), ("tegra194", "7.2"), ("tegra186", "6.2"), ("tegra210", "5.3")):
+        if soc in compat:
+            return cc
+    return None
+
+
+def _open_engine(p: Path) -> Artifact:
+    from ..profile.device import gpu_name
+    from ..profile.trt_runtime import TrtEngineRunner, check_sidecar
+
+    meta = engine_sidecar(p)
+    trt = require("tensorrt", "running a TensorRT engine", "on a Jetson it comes with JetPack; elsewhere evaluate the "
+                                                           "bundle's ONNX")
+    check_engine_name(p, trt.__version__, compute_capability())
+    check_sidecar(p, trt.__version__, gpu_name())  # refuses an engine from another TensorRT / GPU (exit 6)
+    data = meta.get("data_config")
+    pre = Preprocess.from_data_config(data) if isinstance(data, dict) and "input_size" in data else None
+    classes = meta.get("class_names")
+    if not isinstance(classes, list) and (p.parent / "labels.txt").is_file():
+        classes = [c for c in (p.parent / "labels.txt").read_text().splitlines() if c.strip()]
+    shapes = meta.get("shapes") or {}
+    lo, hi = (shapes.get("min") or [1])[0], (shapes.get("max") or [1])[0]
+    runner = TrtEngineRunner(p, hi if lo == hi else hi)
+    info = {k: meta[k] for k in ("method", "backbone", "source_run", "source_checkpoint_sha256", "tensorrt_version",
+                                 "gpu") if k in meta}
+    return Artifact(p, "engine", meta.get("precision", _precision_from_name(p.name)), pre,
+                    classes if isinstance(classes, list) else None, info, hi, None, runner.run, runner.close)
