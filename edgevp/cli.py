@@ -91,6 +91,9 @@ def train(
     = None,
     resume: Annotated[Optional[Path], typer.Option(help="continue an interrupted run directory")] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="print the resolved config and exit")] = False,
+    overwrite: Annotated[bool, typer.Option(help="start over in an existing run directory (its files are removed); "
+                                                 "a run that failed before its first checkpoint is started over "
+                                                 "without it")] = False,
 ) -> None:
     """Train a prompt method (+ head) on a frozen backbone from a YAML recipe."""
     from .config import load_yaml, run_config_to_yaml
@@ -109,8 +112,10 @@ def train(
         if print_config:
             typer.echo(run_config_to_yaml(cfg), nl=False)
             return
+    if overwrite and resume is not None:
+        _fail("--overwrite starts a run over; it cannot be combined with --resume", 2)
     result = fit(cfg, out=out, resume=resume, command=sys.argv, recipe_sha256=sha,
-                 reporter=Reporter(quiet=_state["quiet"]))
+                 reporter=Reporter(quiet=_state["quiet"]), overwrite=overwrite)
     test = "n/a" if result.test_top1 is None else f"{result.test_top1:.2f}"
     typer.echo(f"done: best val top-1 {result.best_val_top1:.2f} (epoch {result.best_epoch + 1}), test top-1 {test}, "
                f"{result.train_seconds:.1f}s -> {result.run_dir}")

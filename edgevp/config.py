@@ -319,16 +319,27 @@ def set_nested(data: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def load_yaml(path: str | Path) -> dict:
+def load_yaml(path: str | Path, what: str = "recipe") -> dict:
+    """A YAML mapping from `path`; `what` names the file in errors (a recipe, or a run's config)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"recipe '{path}' not found", "pass a YAML file, e.g. recipes/dinov2_fmnist/vpt_deep.yaml")
+        raise ConfigError(f"{what} '{path}' not found" if not p.exists() else f"{what} '{path}' is not a file",
+                          "pass a YAML file, e.g. recipes/dinov2_fmnist/vpt_deep.yaml")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"recipe '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{what} '{path}' is not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} '{path}' is not a text file") from None
+    if data is None or data == {}:
+        raise ConfigError(f"{what} '{path}' is empty",
+                          "an empty recipe would train on all of Fashion-MNIST at 518 px for 10 epochs; start from "
+                          "recipes/dinov2_fmnist/*.yaml or recipes/tiny/*.yaml")
     if not isinstance(data, dict):
-        raise ConfigError(f"recipe '{path}' must be a mapping of sections (backbone, data, train, prompt, method)")
+        raise ConfigError(f"{what} '{path}' must be a mapping of sections (backbone, data, train, prompt, method)")
     return data
 
 

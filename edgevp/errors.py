@@ -10,6 +10,7 @@ EXIT_MISSING = 4  # missing optional dependency, hardware or offline asset (weig
 EXIT_DATA = 5  # missing or empty dataset, unreadable image
 EXIT_INCOMPATIBLE = 6  # run directory, checkpoint or artifact: missing, corrupt, or from another model/version
 EXIT_DIVERGED = 7  # training produced a NaN/inf loss
+EXIT_BUSY = 8  # another edgevp process is writing the same run or output directory
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM; the run can be resumed
 
 EXIT_CODES = {
@@ -21,6 +22,7 @@ EXIT_CODES = {
     EXIT_DATA: "dataset missing, empty or unreadable",
     EXIT_INCOMPATIBLE: "missing, corrupt or incompatible run directory, checkpoint or artifact",
     EXIT_DIVERGED: "training diverged (NaN/inf loss)",
+    EXIT_BUSY: "the run or output directory is in use by another edgevp process",
     EXIT_INTERRUPTED: "interrupted; resume with --resume",
 }
 
@@ -60,3 +62,7 @@ class DivergedError(EdgevpError):
 
 class VerificationError(EdgevpError):
     exit_code = EXIT_VERIFY
+
+
+class BusyError(EdgevpError):
+    exit_code = EXIT_BUSY

@@ -12,15 +12,18 @@ profile and report runs; the checkpoint functions import torch / safetensors whe
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import os
 import platform
+import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .config import RunConfig, load_yaml, run_config_to_yaml, to_dict
-from .errors import IncompatibleError
+from .errors import BusyError, ConfigError, EdgevpError, IncompatibleError
 from .io import atomic_path, read_json, write_json, write_text
 from .optional import optional
 from .recipe import build_run_config
@@ -117,10 +120,25 @@ class RunDir:
                                     "upgrade edgevp")
         return m
 
+    def has_checkpoint(self) -> bool:
+        """Whether training wrote anything to resume or load (a checkpoint or resume state)."""
+        return self.resume_path.is_file() or self.checkpoint("last").is_file() or self.checkpoint("best").is_file()
+
+    def clear(self) -> None:
+        """Remove everything in the run directory but its lock (starting a failed or overwritten run again)."""
+        for entry in self.path.iterdir():
+            if entry.name == LOCK_NAME:
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
     def config(self) -> RunConfig:
         if not self.config_path.is_file():
             raise IncompatibleError(f"'{self.path}' has no config.yaml; it is not a complete run directory")
-        return build_run_config(load_yaml(self.config_path))
+        try:
+            return build_run_config(load_yaml(self.config_path, what="run config"))
+        except ConfigError as e:  # the run's own record, not the user's recipe: a corrupt run directory
+            raise IncompatibleError(f"'{self.config_path}' is corrupt: {e.message}",
+                                    "restore it, or train the run again") from None
 
     def metrics(self) -> list[dict]:
         if not self.metrics_path.is_file():
@@ -143,6 +161,47 @@ class RunDir:
             stages.append(rec)
         rec.update(fields)
         write_json(self.manifest_path, m)
+
+
+LOCK_NAME = ".edgevp.lock"
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | Path, create: bool = True) -> Iterator[Path]:
+    """Hold an exclusive lock on directory `path` while writing into it (train, resume, condense, export, pack).
+
+    A second writer gets one line and exit 8 instead of mixing its files into the first's. The lock is an flock on
+    `path/.edgevp.lock`, so it dies with its process (kill -9 leaves no stale lock). An output that cannot be created
+    or written is exit 2.
+    """
+    import fcntl
+
+    path = Path(path)
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        handle = open(path / LOCK_NAME, "a+")
+    except FileNotFoundError:
+        raise IncompatibleError(f"'{path}' does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"cannot write to '{path}': {e.strerror or e}", "choose a writable directory") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise BusyError(f"'{path}' is being written by another edgevp process{f' ({holder})' if holder else ''}",
+                        "wait for it to finish, or choose another directory") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}: {' '.join(sys.argv[:3])}")
+        handle.flush()
+        yield path
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------------

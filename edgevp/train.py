@@ -20,14 +20,15 @@ import torch.nn.functional as F
 
 from .config import RunConfig, TrainConfig
 from .console import Reporter
-from .cost import vit_macs
+from .cost import model_macs
 from .data import EpochSampler, Splits, backbone_transform, load_splits, make_loader
-from .errors import EXIT_INTERRUPTED, DivergedError, EdgevpError, IncompatibleError
+from .errors import EXIT_INTERRUPTED, DataError, DivergedError, EdgevpError, IncompatibleError
 from .evaluation import autocast, evaluate, resolve_device
 from .io import append_jsonl, write_text
 from .model import build_model
 from .prompts.base import PromptedModel
-from .runs import RunDir, default_run_name, load_resume, read_checkpoint, save_checkpoint, save_resume
+from .runs import (RunDir, default_run_name, load_resume, read_checkpoint, save_checkpoint, save_resume,
+                   writer_lock)
 
 
 class Interrupted(EdgevpError):
@@ -115,26 +116,71 @@ def _peak_mem_mib(device: torch.device) -> float:
 def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None = None, *, runs_root: str = "runs",
         command: list[str] | None = None, recipe_sha256: str | None = None, reporter: Reporter | None = None,
         stop_after_steps: int | None = None, init_state: dict[str, torch.Tensor] | None = None,
-        extra_inputs: dict | None = None) -> TrainResult:
+        extra_inputs: dict | None = None, overwrite: bool = False) -> TrainResult:
     """Train `cfg` into a new run directory (or continue `resume`); returns the final metrics.
 
     `init_state` starts from given prompt/head tensors (condensation fine-tunes this way); `epochs=0` only
-    evaluates and writes the checkpoints.
+    evaluates and writes the checkpoints. The run directory is locked while training (a second writer exits 8).
+    An existing run directory is refused unless it failed before writing any checkpoint (it is started again) or
+    `overwrite` is set.
 
     Example:
         >>> result = fit(build_run_config(load_yaml("recipes/dinov2_fmnist/vpt_deep.yaml")), out="runs/vpt")
     """
     if resume is not None:
-        run = RunDir(resume)
-        run.manifest()
+        RunDir(resume).manifest()  # "not a run directory" before anything is created
+        path = Path(resume)
+    else:
+        path = Path(out) if out is not None else Path(runs_root) / (cfg.name or default_run_name(cfg))
+    with writer_lock(path, create=resume is None):
+        try:
+            return _fit(cfg, path, resume is not None, command, recipe_sha256, reporter, stop_after_steps,
+                        init_state, extra_inputs, overwrite)
+        except Interrupted:
+            raise
+        except BaseException as e:
+            _record_failure(RunDir(path), e)
+            raise
+
+
+def _record_failure(run: RunDir, error: BaseException) -> None:
+    """A train stage still marked running when training stopped on an error is marked failed with the message."""
+    try:
+        stages = [s for s in run.manifest().get("stages", []) if s.get("name") == "train"]
+    except EdgevpError:
+        return  # nothing was created yet
+    if stages and stages[-1].get("status") == "running":
+        message = error.line() if isinstance(error, EdgevpError) else f"{type(error).__name__}: {error}"
+        run.set_stage("train", status="failed", error=message)
+
+
+def _start_over(path: Path, overwrite: bool, rep: Reporter | None) -> None:
+    """Let a new run start in `path`: refuse a run with something to keep, clear a failed one without checkpoints."""
+    old = RunDir(path)
+    if not old.manifest_path.exists():
+        return
+    stages = [s for s in old.manifest().get("stages", []) if s.get("name") == "train"] if not overwrite else []
+    failed_empty = not old.has_checkpoint() and (not stages or stages[-1].get("status") != "completed")
+    if not (overwrite or failed_empty):
+        raise IncompatibleError(f"run directory '{path}' already exists",
+                                f"resume it: --resume {path}; or start it over: --overwrite")
+    (rep or Reporter()).log(f"{'overwriting' if overwrite else 'starting again in'} '{path}' "
+                            f"({'--overwrite' if overwrite else 'it failed before its first checkpoint'})")
+    old.clear()
+
+
+def _fit(cfg: RunConfig, path: Path, resuming: bool, command, recipe_sha256, reporter, stop_after_steps, init_state,
+         extra_inputs, overwrite: bool) -> TrainResult:
+    if resuming:
+        run = RunDir(path)
         cfg = run.config()
         state = load_resume(run)
         if state is None:
-            raise IncompatibleError(f"run '{run.path}' has no resume state", "start a new run instead")
+            raise IncompatibleError(f"run '{run.path}' has no resume state (it stopped before its first checkpoint)",
+                                    f"start it again: edgevp train RECIPE -o {run.path} (a run without checkpoints "
+                                    "is started over)")
     else:
-        path = Path(out) if out is not None else Path(runs_root) / (cfg.name or default_run_name(cfg))
-        if (path / "manifest.json").exists():
-            raise IncompatibleError(f"run directory '{path}' already exists", f"resume it: --resume {path}")
+        _start_over(path, overwrite, reporter)
         state = None
     tcfg = cfg.train
     if tcfg.threads:
@@ -142,12 +188,15 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None
     device = resolve_device(tcfg.device)
     seed_everything(tcfg.seed, tcfg.deterministic)
     splits = load_splits(cfg.data)  # read once; the transform needs the backbone's data config
+    if len(np.unique(splits.train.labels)) < 2:
+        raise DataError(f"the train split of '{cfg.data.name}' has {len(np.unique(splits.train.labels))} class",
+                        "a classifier needs at least 2 classes: add images of other classes")
     model = build_model(cfg, len(splits.classes))
     splits.set_transform(backbone_transform(cfg.data, model.info), cfg.data.split_seed)
     if init_state is not None and state is None:
         model.load_trainable_state(init_state)
     model.to(device)
-    if resume is None:
+    if not resuming:
         inputs = {"backbone": cfg.backbone.name, "weights": cfg.backbone.weights,
                   "weights_sha256": model.info.weights_sha256, "data": splits.source, "recipe_sha256": recipe_sha256,
                   "data_config": model.info.data_config,
@@ -159,6 +208,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None
     rep.log_file = run.log_path
     rep.log(model.param_line())
     rep.log(f"run directory: {run.path}")
+    run.set_stage("train", status="running", device=str(device))  # from here on a failure is recorded
     optimizer = make_optimizer(model, tcfg)
     start = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_top1": -1.0, "best_epoch": -1,
              "train_sums": [0.0, 0, 0], "seconds": 0.0}
@@ -169,8 +219,10 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None
         start = state["progress"]
         kept = [m for m in run.metrics() if m["epoch"] < start["epoch"]]
         write_text(run.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
-        rep.log(f"resuming at epoch {start['epoch'] + 1} step {start['step_in_epoch']}")
-    run.set_stage("train", status="running", device=str(device))
+        if start["epoch"] >= tcfg.epochs:
+            rep.log(f"run '{run.path}' already finished its {tcfg.epochs} epochs; nothing left to train")
+        else:
+            rep.log(f"resuming at epoch {start['epoch'] + 1} step {start['step_in_epoch']}")
     bs = cfg.data.batch_size
     ebs = cfg.data.eval_batch_size or bs
     steps_per_epoch = math.ceil(len(splits.train) / bs)
@@ -216,9 +268,11 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None
                         logits = model(x)
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=tcfg.label_smoothing)
                     if not torch.isfinite(loss):
+                        kept = ("the last checkpoint is kept" if run.checkpoint("last").is_file()
+                                else "no checkpoint was written yet")
                         raise DivergedError(f"loss became {loss.item()} at epoch {epoch + 1} step "
                                             f"{progress['step_in_epoch'] + 1}",
-                                            "lower train.lr or enable train.grad_clip; the last checkpoint is kept")
+                                            f"lower train.lr or enable train.grad_clip; {kept}")
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if tcfg.grad_clip:
@@ -283,9 +337,9 @@ def _finish(run: RunDir, cfg: RunConfig, model: PromptedModel, splits: Splits, d
         rep.log(f"test (best: {best}): top1 {test['top1']:.2f} loss {test['loss']:.4f}")
     params = model.param_summary()
     macs = bare_macs = None
-    if model.info.is_vit:  # analytic MACs per image, prompts included, and of the bare backbone (edgevp.cost)
-        macs = vit_macs(model.info, len(splits.classes), model.method.extra_tokens()).total
-        bare_macs = vit_macs(model.info, len(splits.classes)).total
+    if model_macs(model.info, 0) is not None:  # analytic MACs per image (ViT, Swin), prompts included, and bare
+        macs = model_macs(model.info, len(splits.classes), model.method.extra_tokens()).total
+        bare_macs = model_macs(model.info, len(splits.classes)).total
     train_info = {"macs": macs, "bare_macs": bare_macs, "trainable_params": params["trainable"], "total_params": params["total"],
                   "prompt_params": params["prompt"], "head_params": params["head"],
                   "train_seconds": round(progress["seconds"], 3), "peak_mem_mib": round(_peak_mem_mib(device), 1),

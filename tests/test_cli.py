@@ -41,7 +41,7 @@ def test_list_methods_comes_from_the_registry():
     r = invoke("list", "methods")
     assert r.exit_code == 0 and [line.split()[0] for line in r.output.splitlines()] == ["e2vpt", "linear", "lorvp",
                                                                                          "pad", "vpt"]
-    assert invoke("list", "exit-codes").output.count("\n") == 9
+    assert invoke("list", "exit-codes").output.count("\n") == 10
     targets = [line.split()[0] for line in invoke("list", "targets").output.splitlines()]
     assert targets == ["onnx", "ort-fp16", "ort-int8", "trt-fp16", "trt-fp32", "trt-int8"]
     assert invoke("list", "nonsense").exit_code == 2
