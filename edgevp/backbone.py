@@ -36,6 +36,11 @@ class BackboneInfo:
     num_prefix_tokens: int = 0
     patch_size: tuple[int, int] = (0, 0)
     mlp_hidden: int = 0
+    is_swin: bool = False
+    # Swin only: per stage {depth, in_dim, dim, heads, attn_dim, mlp_hidden, resolution (H, W) of its blocks, window
+    # (Mh, Mw) of its blocks (timm clamps it to the resolution), downsample}; per block its dim (blocks in order)
+    swin_stages: list[dict[str, Any]] = field(default_factory=list)
+    block_dims: list[int] = field(default_factory=list)
     data_config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -123,6 +128,7 @@ def create_backbone(cfg: BackboneConfig, num_classes: int | None = None) -> tupl
 
 def describe(model: nn.Module, cfg: BackboneConfig, weights_sha256: str | None = None) -> BackboneInfo:
     from timm.data import resolve_model_data_config
+    from timm.models.swin_transformer import SwinTransformer
     from timm.models.vision_transformer import VisionTransformer
 
     dc = resolve_model_data_config(model)
@@ -144,7 +150,31 @@ def describe(model: nn.Module, cfg: BackboneConfig, weights_sha256: str | None =
         info.num_prefix_tokens = int(model.num_prefix_tokens)
         info.patch_size = tuple(model.patch_embed.patch_size)
         info.mlp_hidden = int(model.blocks[0].mlp.fc1.out_features)
+        info.block_dims = [info.embed_dim] * info.depth
+    elif isinstance(model, SwinTransformer):
+        _describe_swin(model, info)
     return info
+
+
+def _describe_swin(model: nn.Module, info: BackboneInfo) -> None:
+    """Fill the Swin facts: every stage's blocks, dims, heads and windows at the configured input size."""
+    info.is_swin = True
+    stages = []
+    for stage in model.layers:
+        b = stage.blocks[0]
+        a = b.attn
+        merge = not isinstance(stage.downsample, nn.Identity)
+        stages.append({"depth": len(stage.blocks), "in_dim": int(stage.dim), "dim": int(b.dim),
+                       "heads": int(a.num_heads), "attn_dim": int(a.qkv.out_features // 3),
+                       "mlp_hidden": int(b.mlp.fc1.out_features),
+                       "resolution": [int(r) for r in stage.output_resolution],
+                       "window": [int(w) for w in b.window_size], "downsample": merge})
+    info.swin_stages = stages
+    info.block_dims = [s["dim"] for s in stages for _ in range(s["depth"])]
+    info.depth = len(info.block_dims)
+    info.embed_dim, info.num_heads = stages[0]["dim"], stages[0]["heads"]
+    info.mlp_hidden = stages[0]["mlp_hidden"]
+    info.patch_size = tuple(int(p) for p in model.patch_embed.patch_size)
 
 
 def num_patches(info: BackboneInfo) -> int:

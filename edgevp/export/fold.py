@@ -12,7 +12,8 @@ as the PromptedModel. It never looks at which method it folds; what each kind of
   constant Add of P / std on the normalised input ("input_bias").
 - per-block constant keys/values (VPT-deep and E²VPT visual prompts, whose outputs are discarded so only their keys
   and values matter, and E²VPT's key-value prompts): concatenated in front of the image tokens' keys and values
-  ("kv"); the prompt rows cost no query, projection or MLP compute.
+  ("kv"); the prompt rows cost no query, projection or MLP compute. In a Swin window attention the constant columns
+  are shared by every window, with zero relative-position bias and no shift mask (`SwinKVConstAttention`).
 - constant input tokens (VPT-shallow, whose states depend on the image after block 0): inserted before block 0 and
   stripped after the last ("tokens").
 - a label map (flm/ilm) becomes a constant index_select (an ONNX Gather). Nothing folded: the plain backbone.
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..prompts.attention import attention_with_kv_prefix
+from ..prompts.swin import SwinKVConstAttention, is_window_attention, transformer_blocks
 from ..prompts.base import FoldedPrompts, PromptedModel
 
 
@@ -183,15 +185,17 @@ def _fold_pixel(prompt: torch.Tensor, model: PromptedModel, backbone: nn.Module,
 
 def _fold_tokens(folded: FoldedPrompts, backbone: nn.Module, num_prefix: int, report: FoldReport) -> None:
     """Put constant keys/values and input tokens into the (already detached) backbone copy."""
-    depth = len(backbone.blocks)
+    blocks = transformer_blocks(backbone)  # a ViT's blocks, or every stage's blocks of a Swin
+    depth = len(blocks)
     if folded.kv is not None:
         if len(folded.kv) != depth:
             raise ValueError(f"fold() gave key/values for {len(folded.kv)} blocks, the backbone has {depth}")
         report.tokens = "kv"
-        for block, kv in zip(backbone.blocks, folded.kv):
+        for block, kv in zip(blocks, folded.kv):
             report.kv_columns.append(0 if kv is None else int(kv[0].shape[1]))
             if kv is not None and kv[0].shape[1]:
-                block.attn = KVConstAttention(block.attn, kv[0], kv[1])
+                const = SwinKVConstAttention if is_window_attention(block.attn) else KVConstAttention
+                block.attn = const(block.attn, kv[0], kv[1])
     if folded.tokens is not None and len(folded.tokens):
         if folded.kv is not None:
             raise ValueError("fold() gave both input tokens and key/values; a deploy form takes one of them")

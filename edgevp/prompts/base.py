@@ -57,9 +57,11 @@ class PromptMethod(nn.Module):
 
     def __init__(self, config: PromptConfig, info: BackboneInfo):
         super().__init__()
-        if self.config_cls.needs_vit and not info.is_vit:
-            raise ConfigError(f"method '{self.name}' needs a timm VisionTransformer backbone, got '{info.name}'",
-                              "use method=lorvp or method=linear for other backbones")
+        kinds = getattr(self.config_cls, "backbones", ("vit",))  # the token backbones a needs_vit method runs on
+        if self.config_cls.needs_vit and not ((info.is_vit and "vit" in kinds) or (info.is_swin and "swin" in kinds)):
+            raise ConfigError(f"method '{self.name}' needs a timm "
+                              f"{' or '.join({'vit': 'VisionTransformer', 'swin': 'SwinTransformer'}[k] for k in kinds)}"
+                              f" backbone, got '{info.name}'", "use method=lorvp or method=linear for other backbones")
         self.config = config
         self.info = info
         self._restore: list[tuple[nn.Module, str, nn.Module]] = []

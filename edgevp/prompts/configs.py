@@ -1,7 +1,8 @@
 """The `prompt` section of a recipe for each built-in method: plain dataclasses, importable without torch.
 
 Each config's docstring is the method's one-line summary (`edgevp list methods`); `needs_vit` says whether the
-method needs a timm VisionTransformer. The method classes (`edgevp.prompts.<name>`) take these configs.
+method needs a token backbone: a timm VisionTransformer, or one of its `backbones` ("vit", "swin"). The method classes
+(`edgevp.prompts.<name>`) take these configs.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class VPTConfig(PromptConfig):
     """VPT-shallow / VPT-deep prompt tokens with the reference init, prompt dropout and optional projection."""
 
     needs_vit: ClassVar[bool] = True
+    backbones: ClassVar[tuple[str, ...]] = ("vit", "swin")  # timm VisionTransformer and SwinTransformer
 
     num_tokens: int = field(default=10, metadata={"help": "prompt tokens per layer (deep) or in total (shallow)"})
     deep: bool = field(default=True, metadata={"help": "new prompts at every block (deep) or only at the input"})
@@ -42,6 +44,7 @@ class E2VPTConfig(PromptConfig):
     """E²VPT: key-value prompts in every attention plus masked VPT-deep visual prompts."""
 
     needs_vit: ClassVar[bool] = True
+    backbones: ClassVar[tuple[str, ...]] = ("vit", "swin")  # timm VisionTransformer and SwinTransformer
 
     num_tokens: int = field(default=10, metadata={"help": "visual prompt tokens per layer (n_p)"})
     num_kv: int = field(default=5, metadata={"help": "key-value prompts per layer (n_kv)"})

@@ -55,8 +55,10 @@ class E2VPT(TokenPrompts):
     def __init__(self, config: E2VPTConfig, info: BackboneInfo):
         super().__init__(config, info)
         d, depth, h = info.embed_dim, info.depth, info.num_heads
-        if d % config.segments:
-            raise ConfigError(f"prompt.segments={config.segments} must divide the embedding dim {d}")
+        dims = info.block_dims or [d] * depth  # Swin: each block's prompts live in its stage's dim
+        if any(dim % config.segments for dim in dims):
+            raise ConfigError(f"prompt.segments={config.segments} must divide the embedding dim"
+                              f"{'s ' + str(sorted(set(dims))) if info.is_swin else ' ' + str(d)}")
         self.dropout = config.dropout
         n = config.num_tokens if config.token_keep is None else sum(config.token_keep)
         self.counts = [n] * depth
@@ -65,15 +67,34 @@ class E2VPT(TokenPrompts):
             if len(config.tokens_per_layer) != depth or min(config.tokens_per_layer) < 0:
                 raise ConfigError(f"prompt.tokens_per_layer needs {depth} non-negative counts")
             self.counts, n = list(config.tokens_per_layer), 0
-        bound = vpt_init_bound(info)
-        self.prompts = nn.ParameterList([nn.Parameter(torch.empty(c, d).uniform_(-bound, bound)) for c in self.counts])
+        if info.is_swin:
+            self.prompts = nn.ParameterList([nn.Parameter(torch.empty(c, dim).uniform_(-bound, bound)) for c, dim, bound
+                                             in ((c, dims[i], vpt_init_bound(info, dims[i]))
+                                                 for i, c in enumerate(self.counts))])
+        else:
+            bound = vpt_init_bound(info)
+            self.prompts = nn.ParameterList([nn.Parameter(torch.empty(c, d).uniform_(-bound, bound))
+                                             for c in self.counts])
         self.token_mask = nn.Parameter(torch.ones(n), requires_grad=config.train_masks and not self.baked)
         self.segment_mask = nn.Parameter(torch.ones(n, config.segments),
                                          requires_grad=config.train_masks and not self.baked)
+        if info.is_swin:  # per block (heads, n_kv, head_dim) of its stage: a list, as stages differ
+            self.kv_k = self._swin_kv(info, config)
+            self.kv_v = None if config.share_kv else self._swin_kv(info, config)
+            return
         head_dim = d // h
         shape = (depth, h, config.num_kv, head_dim)
         self.kv_k = nn.Parameter(self._kv_init(torch.empty(shape), config, head_dim))
         self.kv_v = None if config.share_kv else nn.Parameter(self._kv_init(torch.empty(shape), config, head_dim))
+
+    @classmethod
+    def _swin_kv(cls, info: BackboneInfo, config: E2VPTConfig) -> nn.ParameterList:
+        out = []
+        for st in info.swin_stages:
+            heads, head_dim = st["heads"], st["attn_dim"] // st["heads"]
+            out += [nn.Parameter(cls._kv_init(torch.empty(heads, config.num_kv, head_dim), config, head_dim))
+                    for _ in range(st["depth"])]
+        return nn.ParameterList(out)
 
     @staticmethod
     def _kv_init(t: torch.Tensor, config: E2VPTConfig, head_dim: int) -> torch.Tensor:
@@ -87,6 +108,8 @@ class E2VPT(TokenPrompts):
 
     def attach(self, backbone: nn.Module) -> None:
         super().attach(backbone)
+        if self.info.is_swin:  # the Swin blocks take the key-value prompts from kv_prompt (edgevp.prompts.swin)
+            return
         for i, wrapped in enumerate(backbone.blocks):
             self._swap(wrapped.block, "attn", KVPromptAttention(wrapped.block.attn, i, self))
 

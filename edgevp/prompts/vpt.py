@@ -21,9 +21,11 @@ from torch import nn
 from ..backbone import BackboneInfo
 from ..errors import ConfigError
 from ..registry import register_method
+from ..cost import PromptTokens
 from .attention import token_keys_values
 from .base import FoldedPrompts, PromptMethod
 from .configs import VPTConfig
+from .swin import attach_swin, swin_prompt_flow, swin_token_keys_values, transformer_blocks
 
 
 class TokenPromptBlock(nn.Module):
@@ -72,6 +74,9 @@ class TokenPrompts(PromptMethod):
     def attach(self, backbone: nn.Module) -> None:
         if self.attached:
             raise RuntimeError("prompts are already attached")
+        if self.info.is_swin:  # prompts in every window, carried as (x, rows) between stages (edgevp.prompts.swin)
+            attach_swin(self, backbone)
+            return
         for i, block in enumerate(backbone.blocks):
             self._swap(backbone.blocks, str(i), TokenPromptBlock(block, i, self))
 
@@ -88,6 +93,21 @@ class TokenPrompts(PromptMethod):
             tokens = F.dropout(tokens, self.dropout, True)  # on the expanded batch: one mask per sample
         return torch.cat([x[:, :npre], tokens, x[:, npre + n_prev:]], dim=1)
 
+    def swin_rows(self, layer: int, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor | None:
+        """Swin: the prompt rows (B, n, C) block `layer` works with, given the rows the previous block or merge passed
+        on: deep blocks insert their own (replacing those), shallow ones insert at block 0 and then carry them."""
+        if not self.deep and layer > 0:
+            return rows
+        tokens = self.layer_prompt(layer)
+        if tokens is None or not tokens.shape[0]:
+            return None
+        if self.gates is not None:
+            tokens = tokens * self.gates[layer][:, None]
+        tokens = tokens.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        if self.dropout and self.training:
+            tokens = F.dropout(tokens, self.dropout, True)  # on the expanded batch: one mask per sample
+        return tokens
+
     def leave_block(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         if layer != self.info.depth - 1:
             return x
@@ -98,7 +118,11 @@ class TokenPrompts(PromptMethod):
     def extra_tokens(self, units: list[int] | None = None) -> list[tuple[int, int]]:
         counts = self.prompt_units() if units is None else list(units)
         per_block = counts if self.deep else counts[:1] * self.info.depth
-        return [(n, n + self._kv_count(i)) for i, n in enumerate(per_block)]
+        extra = [(n, n + self._kv_count(i)) for i, n in enumerate(per_block)]
+        if self.info.is_swin:  # Swin: which prompt rows go on after each block and through each patch merging
+            kept, merged = swin_prompt_flow(self.info, self.deep, counts)
+            return PromptTokens(extra, kept=kept, merged=merged)
+        return extra
 
     def _kv_count(self, layer: int) -> int:
         kv = self.constant_kv(layer)
@@ -113,10 +137,14 @@ class TokenPrompts(PromptMethod):
         if self.gates is not None:
             raise ConfigError("prompt gates are set (a scoring pass is in progress); cannot fold")
         if not self.deep:
+            if self.info.is_swin:
+                raise ConfigError("VPT-shallow on a Swin backbone has no deploy form (its prompts evolve with the image "
+                                  "and are merged between stages)", "use prompt.deep=true to export a Swin run")
             tokens = self.layer_prompt(0)
             return FoldedPrompts(tokens=tokens.detach().clone() if tokens is not None and len(tokens) else None)
         kv: list[tuple[torch.Tensor, torch.Tensor] | None] = []
-        for i, block in enumerate(backbone.blocks):
+        keys_values = swin_token_keys_values if self.info.is_swin else token_keys_values
+        for i, block in enumerate(transformer_blocks(backbone)):
             keys, values = [], []
             const = self.constant_kv(i)
             if const is not None:
@@ -124,7 +152,7 @@ class TokenPrompts(PromptMethod):
                 values.append(const[1])
             p = self.layer_prompt(i)
             if p is not None and p.shape[0]:
-                k, v = token_keys_values(block, p)
+                k, v = keys_values(block, p)
                 keys.append(k)
                 values.append(v)
             cols = sum(k.shape[1] for k in keys)
@@ -176,10 +204,13 @@ class VPT(TokenPrompts):
         elif not config.deep or len(counts) != info.depth or min(counts) < 0:
             raise ConfigError(f"prompt.tokens_per_layer needs deep=true and {info.depth} non-negative counts")
         self.counts = list(counts)
-        dim = config.project if config.project > 0 else info.embed_dim
-        bound = vpt_init_bound(info, dim)
-        self.prompts = nn.ParameterList(
-            [nn.Parameter(torch.empty(n, dim).uniform_(-bound, bound)) for n in self.counts])
+        if info.is_swin and config.project > 0:
+            raise ConfigError("prompt.project is not supported on a Swin backbone (its stages have different dims)",
+                              "set prompt.project=-1")
+        dims = [config.project if config.project > 0 else d for d in info.block_dims or [info.embed_dim] * info.depth]
+        # one tensor per block (deep) in the block's dim; shallow: one tensor in the first block's dim
+        self.prompts = nn.ParameterList([nn.Parameter(torch.empty(n, dim).uniform_(-bound, bound)) for n, dim, bound in
+                                         ((n, dims[i], vpt_init_bound(info, dims[i])) for i, n in enumerate(self.counts))])
         self.proj = None
         if config.project > 0:  # the reference: kaiming-normal (fan_out) weight, the Linear's default bias init
             self.proj = nn.Linear(config.project, info.embed_dim)
