@@ -96,7 +96,7 @@ def test_profile_and_report_a_run_without_torch(exported_run, no_torch_env, tmp_
 def test_listing_without_torch(no_torch_env):
     r = _edgevp(no_torch_env, "list", "methods")
     assert r.returncode == 0 and [line.split()[0] for line in r.stdout.splitlines()] == ["e2vpt", "linear", "lorvp",
-                                                                                         "vpt"]
+                                                                                         "pad", "vpt"]
     r = _edgevp(no_torch_env, "list", "targets")
     assert r.returncode == 0 and "trt-fp16" in r.stdout
     r = _edgevp(no_torch_env, "list", "datasets")

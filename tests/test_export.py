@@ -54,7 +54,8 @@ def test_onnx_export_is_one_checked_file_with_metadata_and_parity(runs, tmp_path
     assert r.exit_code == 0, r.output
     assert "parity max abs" in r.output
     files = sorted(p.name for p in (run / "export").iterdir())
-    assert files == ["model.json", "model.onnx"]  # one self-contained file, no .onnx.data, no staging leftovers
+    # one self-contained file (no .onnx.data), its test split for `edgevp eval`, no staging leftovers
+    assert files == ["model.json", "model.onnx", "test.npz"]
     side = json.loads((run / "export" / "model.json").read_text())
     assert side["status"] == "ok" and side["fold"]["pixel"] == "pos_embed"
     assert side["parity"]["images"] == 32 and side["parity"]["max_abs"] <= 1e-5
@@ -134,7 +135,7 @@ def test_ort_fp16_and_int8_report_accuracy(runs, tmp_path):
 
     side = export_run(runs["vpt"], ExportOptions(target="ort-fp16", out=tmp_path))
     acc = side["accuracy_vs_fp32"]
-    assert side["status"] == "ok" and side["files"] == ["model.fp16.onnx"] and acc["images"] == 32
+    assert side["status"] == "ok" and side["files"] == ["model.fp16.onnx", "test.npz"] and acc["images"] == 32
     assert acc["max_abs"] < 1e-2 and acc["top1_agreement"] >= 0.9
     ops = {n.op_type: n for n in onnx.load(str(tmp_path / "model.fp16.onnx")).graph.node}
     assert "LayerNormalization" in ops and "Cast" in ops
@@ -172,7 +173,7 @@ def test_trt_without_tensorrt_writes_the_bundle_and_exits_4(runs, tmp_path, monk
     bundle = tmp_path / "trt-fp16"
     assert {p.name for p in bundle.iterdir()} == {"model.fp16.onnx", "model_fp32.onnx", "reference_input.npy",
                                                   "reference_output.npy", "build_engine.sh", "README.md",
-                                                  "model.json"}
+                                                  "model.json", "labels.txt", "test.npz", "deepstream", "triton"}
     script = (bundle / "build_engine.sh").read_text()
     assert "--stronglyTyped" in script and '"$MAJOR" -ge 11' in script and "--shapes=input:1x3x32x32" in script
     x, y = np.load(bundle / "reference_input.npy"), np.load(bundle / "reference_output.npy")
@@ -197,13 +198,15 @@ def test_build_engine_script_runs_trtexec_and_records_the_version(runs, tmp_path
                                   '--saveEngine=*) echo engine > "${a#--saveEngine=}";; esac; done\n')
     (fake / "trtexec").chmod(0o755)
     (fake / "tensorrt.py").write_text(f"__version__ = '{major}.3.0'\n")
-    env = {**__import__("os").environ, "PATH": f"{fake}:/usr/bin:/bin", "PYTHONPATH": str(fake), "TRT_MAJOR": major}
+    env = {**__import__("os").environ, "PATH": f"{fake}:/usr/bin:/bin", "PYTHONPATH": str(fake), "TRT_MAJOR": major,
+           "SM": "87"}
+    engine = f"model.trt{major}.3-sm87-fp16.engine"  # named after what it is tied to
     p = subprocess.run(["./build_engine.sh"], cwd=bundle, env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     args = (bundle / "trtexec.args").read_text()
-    assert "--onnx=model.fp16.onnx" in args and "--saveEngine=model.engine" in args and "--fp16" not in args
+    assert "--onnx=model.fp16.onnx" in args and f"--saveEngine={engine}" in args and "--fp16" not in args
     assert (flag in args) if flag else "--stronglyTyped" not in args
-    assert (bundle / "model.engine").read_text() == "engine\n"
+    assert (bundle / engine).read_text() == "engine\n"
     assert json.loads((bundle / "model.json").read_text())["tensorrt_version"] == f"{major}.3.0"
 
 
@@ -330,18 +333,19 @@ def test_trt_export_with_fake_tensorrt_and_gpu(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(trt_mod, "engine_logits", fake_engine)
     side = export_run(runs["vpt"], ExportOptions(target="trt-fp32", out=tmp_path, trt_dynamic_batch=True,
                                                  trt_max_batch=4))
-    assert side["status"] == "ok" and side["files"] == ["trt-fp32"]
-    assert seen == {"engine": "model.engine", "batch": 1, "images": side["parity"]["images"]}
+    assert side["status"] == "ok" and side["files"] == ["trt-fp32", "test.npz"]
+    engine_name = "model.trt11.4-sm87-fp32.engine"
+    assert seen == {"engine": engine_name, "batch": 1, "images": side["parity"]["images"]}
     assert side["engine_vs_fp32"]["max_abs"] < 1e-5 and side["engine_vs_fp32"]["top1_agreement"] == 1.0
     eng = json.loads((tmp_path / "trt-fp32" / "model.json").read_text())
     assert eng["tensorrt_version"] == "11.4.0" and eng["gpu"] == "Fake Orin" and eng["compute_capability"] == "8.7"
     assert eng["shapes"]["max"] == [4, 3, 32, 32] and eng["strongly_typed"] and len(eng["onnx_sha256"]) == 64
-    assert (tmp_path / "trt-fp32" / "model.engine").read_bytes() == b"engine-bytes"
+    assert (tmp_path / "trt-fp32" / engine_name).read_bytes() == b"engine-bytes"
     assert "--maxShapes=input:4x3x32x32" in (tmp_path / "trt-fp32" / "build_engine.sh").read_text()
     from edgevp.errors import IncompatibleError
     from edgevp.profile.backends import check_sidecar
 
-    engine_path = tmp_path / "trt-fp32" / "model.engine"
+    engine_path = tmp_path / "trt-fp32" / engine_name
     assert check_sidecar(engine_path, "11.4.1", "Fake Orin")["onnx_sha256"] == eng["onnx_sha256"]
     with pytest.raises(IncompatibleError, match="TensorRT 11.4.0"):  # loading elsewhere says so
         check_sidecar(engine_path, "10.3.0", "Fake Orin")

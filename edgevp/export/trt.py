@@ -102,7 +102,10 @@ meta.update(tensorrt_version=version, gpu=gpu(), compute_capability=sm[:-1] + ".
 json.dump(meta, open(engine.rsplit(".", 1)[0] + ".json", "w"), indent=1)
 json.dump(meta, open("model.json", "w"), indent=1)
 PY
-# Triton: the plan where the model repository expects it; DeepStream: the engine nvinfer should load
+"""
+
+# the single-model bundle's tail: the engine where Triton and DeepStream look for it
+TOOLING_SCRIPT = """# Triton: the plan where the model repository expects it; DeepStream: the engine nvinfer should load
 mkdir -p "triton/{model}/1"
 cp -f "$ENGINE" "triton/{model}/1/model.plan"
 sed -i "s|^model-engine-file=.*|model-engine-file=../$ENGINE|" deepstream/config_infer_primary.txt
@@ -249,7 +252,8 @@ def write_bundle(ctx, precision: str, result: dict) -> tuple[Path, str]:
     classes = ctx.classes()
     model = formats.model_name(ctx.run.path.name, precision)
     script = bundle / "build_engine.sh"
-    script.write_text(SCRIPT.format(onnx=onnx_name, shapes=shapes, precision=precision, model=model))
+    script.write_text(SCRIPT.format(onnx=onnx_name, shapes=shapes, precision=precision, model=model)
+                      + TOOLING_SCRIPT.format(model=model))
     script.chmod(0o755)
     data = json.loads(metadata(ctx, result.get("onnx") or {"exporter": ctx.opts.exporter, "opset": ctx.opts.opset})
                       ["data_config"])

@@ -112,7 +112,8 @@ def write_trt_bundle(work: Path, files: list[str], tasks, opts, gate: dict) -> s
     spec = (f"--minShapes={dims(1, 1)} --optShapes={dims(1, n_tasks)} "
             f"--maxShapes={dims(opts.trt_max_batch, max(n_tasks, opts.max_tasks))}")
     script = bundle / "build_engine.sh"
-    script.write_text(SCRIPT.format(onnx=onnx_name, shapes=spec))
+    script.write_text(SCRIPT.format(onnx=onnx_name, shapes=spec, precision=precision, model="pack")
+                      + 'echo "engine: $(pwd)/$ENGINE (edgevp profile $ENGINE --backend trt --task mixed)"\n')
     script.chmod(0o755)
     write_json(bundle / "model.json", {"onnx": onnx_name, "onnx_sha256": sha256_file(bundle / onnx_name),
                                        "precision": precision, "inputs": [IMAGES, TASK], "kind": "pack",
