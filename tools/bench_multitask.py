@@ -36,7 +36,8 @@ interleaved over rounds with the order flipped each round, median of round media
 The attention of a pack pays, in every block, for the widest task's constant key/value columns (padded and masked
 for the others): the "KV prefix columns" column shows that sum next to task 0's own.
 
-    python tools/bench_multitask.py                               # dinov2 and vitb, ~15-20 min on 2 cores
+    python tools/bench_multitask.py                               # dinov2 and vitb: 35 min on 2 shared cores
+                                                                  # (load average 4-8), about half of it setup
     python tools/bench_multitask.py --quick                       # smoke run (~2 min): dinov2, a 2-task pack
     python tools/bench_multitask.py --backbones dinov2 --rounds 7 --out runs/bench_multitask
 """
