@@ -97,6 +97,7 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self):
+        check(self.name in DATASETS, f"name: unknown dataset {self.name!r}; choose one of {', '.join(DATASETS)}")
         check(0.0 <= self.val_fraction < 1.0 and 0.0 <= self.test_fraction < 1.0,
               "val_fraction and test_fraction must be in [0, 1)")
         check(self.batch_size >= 1 and (self.eval_batch_size is None or self.eval_batch_size >= 1),

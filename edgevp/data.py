@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import DataConfig
 from .errors import DataError
+from .images import fingerprint, is_hidden
 from .io import sha256_file
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -112,13 +113,10 @@ class ImageDataset(Dataset):
 
 
 def _read_image(path: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """uint8 (H, W) or (H, W, 3), any Pillow mode scaled to 8 bits (edgevp.images.to_uint8)."""
+    from .images import read_image
 
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("L" if im.mode in ("L", "I;16", "I", "1") else "RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot read image '{path}': {type(e).__name__}", "remove or replace the file") from None
+    return read_image(path)
 
 
 @dataclass
@@ -128,6 +126,11 @@ class Splits:
     test: ImageDataset | None
     classes: list[str]
     source: dict = field(default_factory=dict)  # provenance for the manifest (paths, sha256)
+
+    def image_paths(self) -> list[str]:
+        """The image files the splits read (empty for in-memory datasets)."""
+        return [p for ds in (self.train, self.val, self.test) if ds is not None and not isinstance(ds.items, np.ndarray)
+                for p in ds.items]
 
     def set_transform(self, transform: ImageTransform, seed: int) -> None:
         for ds in (self.train, self.val, self.test):
@@ -192,13 +195,13 @@ def _digits(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None, dict]:
 
 
 def _scan_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_hidden(Path(p.name)))
     if not classes:
         raise DataError(f"no class folders in '{root}'", "expected ROOT/<class>/<image> (optionally under train/, val/)")
     paths, labels = [], []
     for i, c in enumerate(classes):
         for p in sorted((root / c).rglob("*")):
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(p.relative_to(root)):
                 paths.append(str(p))
                 labels.append(i)
     if not paths:
@@ -211,7 +214,8 @@ def _folder(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None, dict, I
         raise DataError("data.name=folder needs data.root", "example: -s data.root=/data/my_images")
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
-        raise DataError(f"dataset folder '{root}' does not exist")
+        raise DataError(f"dataset folder '{root}' is a file, not a folder" if root.exists() else
+                        f"dataset folder '{root}' does not exist", "data.root takes ROOT with ROOT/<class>/<image>")
     sub = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     if "train" not in sub:
         paths, labels, classes = _scan_folder(root)
@@ -429,6 +433,9 @@ def load_splits(cfg: DataConfig) -> Splits:
         val = rest[0] if rest else None
     else:
         raise DataError(f"unknown dataset '{cfg.name}'", f"choose one of {', '.join([*BUILTIN, 'folder'])}")
+    files = [p for ds in (train, val, test) if ds is not None and not isinstance(ds.items, np.ndarray) for p in ds.items]
+    if files and "fingerprint" not in source:  # what a resume compares: the whole file list, before any subset
+        source = {**source, "fingerprint": fingerprint(files, source.get("root"))}
     if test is None and cfg.test_fraction > 0:
         train, test = split_off(train, cfg.test_fraction, cfg.split_seed + 1)
     if val is None:

@@ -24,6 +24,7 @@ from .cost import model_macs
 from .data import EpochSampler, Splits, backbone_transform, load_splits, make_loader
 from .errors import EXIT_INTERRUPTED, DataError, DivergedError, EdgevpError, IncompatibleError
 from .evaluation import autocast, evaluate, resolve_device
+from .images import check_images
 from .io import append_jsonl, write_text
 from .model import build_model
 from .prompts.base import PromptedModel
@@ -169,6 +170,19 @@ def _start_over(path: Path, overwrite: bool, rep: Reporter | None) -> None:
     old.clear()
 
 
+def _check_same_data(run: RunDir, source: dict) -> None:
+    """Refuse to resume on a dataset whose files changed since the run started (exit 6, saying what changed)."""
+    before = (run.manifest().get("inputs") or {}).get("data") or {}
+    for key in ("fingerprint", "sha256"):
+        if key in before and before[key] != source.get(key):
+            was, now = before[key], source.get(key)
+            what = (f"{was.get('files')} files then, {now.get('files')} now" if key == "fingerprint" and now and
+                    was.get("files") != now.get("files") else "the same number of files, but some were changed"
+                    if key == "fingerprint" else "the dataset files' sha256 differ")
+            raise IncompatibleError(f"the dataset of run '{run.path}' changed since it started: {what}",
+                                    "restore the data, or start a new run")
+
+
 def _fit(cfg: RunConfig, path: Path, resuming: bool, command, recipe_sha256, reporter, stop_after_steps, init_state,
          extra_inputs, overwrite: bool) -> TrainResult:
     if resuming:
@@ -191,6 +205,11 @@ def _fit(cfg: RunConfig, path: Path, resuming: bool, command, recipe_sha256, rep
     if len(np.unique(splits.train.labels)) < 2:
         raise DataError(f"the train split of '{cfg.data.name}' has {len(np.unique(splits.train.labels))} class",
                         "a classifier needs at least 2 classes: add images of other classes")
+    if resuming:
+        _check_same_data(RunDir(path), splits.source)
+    if splits.image_paths():  # every image decoded once before the first step (cached by path, size and mtime)
+        checked, cached = check_images(splits.image_paths())
+        (reporter or Reporter()).log(f"checked {checked} images ({cached} unchanged since an earlier check)")
     model = build_model(cfg, len(splits.classes))
     splits.set_transform(backbone_transform(cfg.data, model.info), cfg.data.split_seed)
     if init_state is not None and state is None:

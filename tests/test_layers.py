@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "edgevp"
-BUILTIN_METHODS = ("linear", "vpt", "e2vpt", "lorvp")
-METHOD_MODULES = {f"edgevp.prompts.{m}" for m in ("vpt", "e2vpt", "lorvp", "linear")}
+BUILTIN_METHODS = ("linear", "vpt", "e2vpt", "lorvp", "pad")
+METHOD_MODULES = {f"edgevp.prompts.{m}" for m in BUILTIN_METHODS}
 
 
 def _module_name(path: Path) -> str:
@@ -146,8 +146,7 @@ def test_export_and_condense_never_test_for_a_method():
             continue
         rel = MODULES[m].relative_to(PKG.parent)
         for target, names, line in imports(m):
-            if target in METHOD_MODULES or (target == "edgevp.prompts" and set(names) & {"vpt", "e2vpt", "lorvp",
-                                                                                          "linear"}):
+            if target in METHOD_MODULES or (target == "edgevp.prompts" and set(names) & set(BUILTIN_METHODS)):
                 bad.append(f"{rel}:{line} imports {target} {names}")
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
@@ -218,7 +217,8 @@ from edgevp.registry import method_config, method_specs
 import yaml
 
 prompts = {"linear": {}, "vpt": {"num_tokens": 3, "deep": False, "project": 8},
-           "e2vpt": {"num_kv": 2, "tokens_per_layer": [1, 0, 2]}, "lorvp": {"rank": 2, "mapping": "flm"}}
+           "e2vpt": {"num_kv": 2, "tokens_per_layer": [1, 0, 2]}, "lorvp": {"rank": 2, "mapping": "flm"},
+           "pad": {"size": 8}}
 assert sorted(prompts) == sorted(s.name for s in method_specs())
 for name, prompt in prompts.items():
     cfg = build_run_config({"method": name, "prompt": prompt})

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from ..config import check_options
 from ..errors import ConfigError, MissingError, VerificationError
 from ..io import sha256_file as sha256, write_json
+from ..runs import writer_lock
 from .targets import get_target
 
 
@@ -140,6 +141,38 @@ def _install(work: Path, out: Path, files: list[str], failed: bool) -> list[str]
     return final
 
 
+def _remove_stale_staging(out: Path) -> None:
+    """Staging directories left by an export that was killed (the lock is held, so none is in use)."""
+    for stale in out.glob(".export-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _build_and_install(run, cfg, model, deploy, header, opts: ExportOptions, out: Path, target) -> tuple[dict, str, str]:
+    """Build the target's artifacts in a staging directory inside `out`, gate them, and move them into place."""
+    from ..runs import now
+
+    fold = deploy.report
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        ctx = ExportContext(run, cfg, model, deploy, fold, header, opts, out, work, sha256(run.checkpoint(opts.checkpoint)))
+        test_split = write_test_split(ctx, work / TEST_FILE)  # before build: a TensorRT bundle copies it
+        result = target.build(ctx)
+        status = result.get("status", "ok")
+        if test_split is not None and status != "failed" and TEST_FILE not in result["files"]:
+            result = {**result, "files": [*result["files"], TEST_FILE], "test_split": test_split}
+        sidecar = {"status": status, "target": target.name, "created_at": now(), "source_run": run.path.name,
+                   "source_checkpoint": opts.checkpoint, "source_checkpoint_sha256": ctx.checkpoint_sha256,
+                   "method": cfg.method, "backbone": cfg.backbone.name, "options": _jsonable(asdict(opts)),
+                   "fold": fold.to_dict(), **{k: v for k, v in result.items() if k != "files"}}
+        sidecar["files"] = _install(work, out, result["files"], failed=status == "failed")
+        sidecar_name = result.get("sidecar", "model.json")
+        write_json(out / sidecar_name, sidecar)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return sidecar, sidecar_name, status
+
+
 def export_run(run_path: str | Path, opts: ExportOptions) -> dict:
     """Export run directory `run_path` to `opts.target`; returns the sidecar dict (also written as JSON).
 
@@ -160,24 +193,9 @@ def export_run(run_path: str | Path, opts: ExportOptions) -> dict:
     out = Path(opts.out) if opts.out is not None else run.path / "export"
     _writable_dir(out)
     deploy = to_deploy(model, include_preprocess=opts.include_preprocess)
-    fold = deploy.report
-    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
-    try:
-        ctx = ExportContext(run, cfg, model, deploy, fold, header, opts, out, work, sha256(run.checkpoint(opts.checkpoint)))
-        test_split = write_test_split(ctx, work / TEST_FILE)  # before build: a TensorRT bundle copies it
-        result = target.build(ctx)
-        status = result.get("status", "ok")
-        if test_split is not None and status != "failed" and TEST_FILE not in result["files"]:
-            result = {**result, "files": [*result["files"], TEST_FILE], "test_split": test_split}
-        sidecar = {"status": status, "target": target.name, "created_at": now(), "source_run": run.path.name,
-                   "source_checkpoint": opts.checkpoint, "source_checkpoint_sha256": ctx.checkpoint_sha256,
-                   "method": cfg.method, "backbone": cfg.backbone.name, "options": _jsonable(asdict(opts)),
-                   "fold": fold.to_dict(), **{k: v for k, v in result.items() if k != "files"}}
-        sidecar["files"] = _install(work, out, result["files"], failed=status == "failed")
-        sidecar_name = result.get("sidecar", "model.json")
-        write_json(out / sidecar_name, sidecar)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with writer_lock(out):  # one export into a directory at a time (a second one exits 8)
+        _remove_stale_staging(out)
+        sidecar, sidecar_name, status = _build_and_install(run, cfg, model, deploy, header, opts, out, target)
     try:
         run.set_stage(f"export:{target.name}", status=status, finished_at=now(), out=str(out),
                       sidecar=sidecar_name, files=sidecar["files"], error=sidecar.get("error"))

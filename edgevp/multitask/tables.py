@@ -125,7 +125,7 @@ def _stack_pixels(folds: list[TaskFold], backbone: nn.Module, std: torch.Tensor,
         tables.pos_delta = torch.stack([delta for delta, _ in deltas])
         report["pixel"] = "pos_embed"
         return
-    report.update(pixel="input_bias", pixel_reason=deltas[0][1])
+    report.update(pixel="input_bias", pixel_reason=next(reason for delta, reason in deltas if delta is None))
     tables.input_bias = torch.stack([p / std.reshape(-1, 1, 1) for p in pixels])
 
 

@@ -1,0 +1,131 @@
+"""Image files: decoding any Pillow mode to 8-bit, checking a dataset's files before training, and fingerprints
+that tell whether a folder dataset changed. numpy + Pillow only (no torch).
+
+8-bit conversion by mode: 16-bit integer images (I;16, I;16B, I;16L, and I holding 16-bit values) are scaled
+0..65535 -> 0..255 (x / 257, rounded), never clipped; 32-bit I with values above 65535 is scaled by its own
+maximum; F (float) in [0, 1] is scaled by 255, otherwise clipped to [0, 255]; 1, L and P without transparency
+become L or RGB as Pillow converts them; LA, PA, RGBA and P with transparency drop their alpha (the colour under
+it is kept); CMYK and YCbCr convert to RGB.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+HIDDEN_PREFIXES = (".", "._")  # dotfiles and macOS AppleDouble files ("._photo.png") are not images
+SKIPPED_DIRS = ("__MACOSX",)
+
+
+def is_hidden(path: Path) -> bool:
+    """A file that no dataset should read: a dotfile, an AppleDouble file, or anything under __MACOSX."""
+    return path.name.startswith(HIDDEN_PREFIXES) or any(part in SKIPPED_DIRS for part in path.parts)
+
+
+def to_uint8(im) -> np.ndarray:
+    """A Pillow image as uint8 (H, W) for grayscale modes or (H, W, 3), scaled as the module docstring says."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.int64)
+        top = int(arr.max()) if arr.size else 0
+        if mode != "I" or top > 255:
+            scale = 65535.0 if top <= 65535 else float(top)
+            arr = np.rint(np.clip(arr, 0, None) * (255.0 / scale))
+        return arr.astype(np.uint8)
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if arr.size and np.nanmax(arr) <= 1.0:
+            arr = arr * 255.0
+        return np.rint(np.clip(np.nan_to_num(arr), 0, 255)).astype(np.uint8)
+    if mode in ("1", "L"):
+        return np.asarray(im.convert("L"))
+    if mode == "LA" or (mode == "P" and "transparency" in im.info and _palette_is_gray(im)):
+        return np.asarray(im.convert("LA"))[..., 0]
+    if mode in ("PA", "RGBA", "P", "RGBa", "La"):
+        return np.asarray(im.convert("RGBA"))[..., :3]
+    return np.asarray(im.convert("RGB"))
+
+
+def _palette_is_gray(im) -> bool:
+    pal = np.asarray(im.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+    return bool(len(pal)) and bool((pal == pal[:, :1]).all())
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to uint8 (H, W) or (H, W, 3); one DataError line (exit 5) if it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return to_uint8(im)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read image '{path}': {type(e).__name__}", "remove or replace the file") from None
+
+
+def _check_one(path: str) -> str | None:
+    """None if the file decodes (header and pixel data), else the reason."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return None
+    except Exception as e:  # noqa: BLE001 (Pillow raises many types for broken files)
+        return f"{type(e).__name__}: {str(e)[:120]}"
+
+
+def _cache_file() -> Path:
+    root = Path(os.environ.get("EDGEVP_CACHE", Path.home() / ".cache" / "edgevp"))
+    return root / "image-check.json"
+
+
+def _key(path: str) -> str:
+    st = os.stat(path)
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def check_images(paths: list[str], workers: int = 4) -> tuple[int, int]:
+    """Decode every image once, in parallel, remembering good files by path + size + mtime; returns (checked,
+    cached). The first unreadable file is one DataError line (exit 5) naming it and how many others failed."""
+    from .io import write_json
+
+    cache_path = _cache_file()
+    try:
+        good = set(json.loads(cache_path.read_text())) if cache_path.is_file() else set()
+    except (OSError, ValueError):
+        good = set()
+    try:
+        keys = {p: _key(p) for p in paths}
+    except FileNotFoundError as e:
+        raise DataError(f"image '{e.filename}' does not exist", "the dataset changed while it was read") from None
+    todo = [p for p in paths if keys[p] not in good]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        errors = [(p, err) for p, err in zip(todo, pool.map(_check_one, todo)) if err is not None]
+    if errors:
+        path, err = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise DataError(f"cannot read image '{path}': {err}{more}", "remove or replace the file before training")
+    good.update(keys[p] for p in todo)
+    try:
+        write_json(cache_path, sorted(good))
+    except OSError:
+        pass  # a read-only cache only costs the next run a re-check
+    return len(paths), len(paths) - len(todo)
+
+
+def fingerprint(paths: list[str], root: str | Path | None = None) -> dict:
+    """What identifies a folder dataset's content cheaply: the count and a sha256 over every file's relative path,
+    size and mtime (a file replaced, added or removed changes it)."""
+    h = hashlib.sha256()
+    base = Path(root) if root is not None else None
+    for p in sorted(paths):
+        st = os.stat(p)
+        name = os.path.relpath(p, base) if base is not None else p
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"files": len(paths), "sha256": h.hexdigest()}
