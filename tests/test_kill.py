@@ -1,0 +1,103 @@
+"""Fault tests: a real `edgevp train` / `edgevp export` process killed with SIGKILL at random points (seeded) leaves
+either a run that resumes to the uninterrupted result or one that is cleanly failed and starts over, never a file
+that looks valid but is partial; a re-run cleans up."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+RECIPE = str(Path(__file__).parent.parent / "recipes" / "tiny" / "vpt_deep.yaml")
+SETS = ["-s", "train.epochs=2", "-s", "data.limit_train=128", "-s", "train.ckpt_every_steps=1", "-s",
+        "train.threads=1"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _edgevp(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "edgevp", *args], env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _kill_after(args: list[str], delay: float, watch: Path | None = None) -> int:
+    """Start edgevp, wait until `watch` exists (the work has begun) plus `delay` seconds, then SIGKILL it."""
+    p = subprocess.Popen([sys.executable, "-m", "edgevp", *args], env=ENV, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while watch is not None and not watch.exists() and p.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.02)
+    time.sleep(delay)
+    p.send_signal(signal.SIGKILL)
+    return p.wait()
+
+
+def _assert_nothing_partial(run: Path) -> None:
+    """Every file that has its final name is whole: JSON parses, checkpoints load, no temp file looks final."""
+    for f in run.rglob("*"):
+        if not f.is_file():
+            continue
+        if f.suffix == ".json":
+            json.loads(f.read_text())
+        elif f.suffix == ".safetensors":
+            load_file(str(f))
+        elif f.name == "metrics.jsonl":
+            for line in f.read_text().splitlines():
+                json.loads(line)
+        elif f.suffix == ".onnx":
+            import onnx
+
+            onnx.checker.check_model(str(f))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kill") / "reference"
+    r = _edgevp("train", RECIPE, "-o", str(out), *SETS)
+    assert r.returncode == 0, r.stderr
+    return load_file(str(out / "checkpoints" / "best.safetensors"))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_killed_training_resumes_to_the_same_result_or_starts_over(reference, tmp_path, seed):
+    run = tmp_path / "run"
+    delay = random.Random(seed).uniform(0.0, 2.5)
+    _kill_after(["train", RECIPE, "-o", str(run), *SETS], delay, watch=run / "manifest.json")
+    _assert_nothing_partial(run)
+    if (run / "checkpoints" / "resume.pt").is_file():
+        r = _edgevp("train", "--resume", str(run))
+    else:  # killed before the first checkpoint: the same command starts it over
+        r = _edgevp("train", RECIPE, "-o", str(run), *SETS)
+    assert r.returncode == 0, r.stderr
+    got = load_file(str(run / "checkpoints" / "best.safetensors"))
+    assert got.keys() == reference.keys() and all((got[k] == reference[k]).all() for k in got)
+    assert not [p for p in run.rglob("*.tmp")]  # no temporary file is left after the re-run
+    assert json.loads((run / "manifest.json").read_text())["stages"][-1]["status"] == "completed"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kill_export") / "run"
+    r = _edgevp("train", RECIPE, "-o", str(out), "-s", "train.epochs=1")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_killed_export_leaves_no_valid_looking_partial_artifact(trained, tmp_path, seed):
+    out = tmp_path / "export"
+    delay = random.Random(100 + seed).uniform(0.0, 4.0)
+    _kill_after(["export", str(trained), "-o", str(out), "--exporter", "legacy"], delay, watch=out)
+    _assert_nothing_partial(out)
+    if (out / "model.json").is_file():  # a sidecar is written only after its artifacts passed the gate
+        assert json.loads((out / "model.json").read_text())["status"] == "ok" and (out / "model.onnx").is_file()
+    r = _edgevp("export", str(trained), "-o", str(out), "--exporter", "legacy")
+    assert r.returncode == 0, r.stderr
+    assert not list(out.glob(".export-*"))  # the killed export's staging directory is cleaned
+    assert json.loads((out / "model.json").read_text())["status"] == "ok"
