@@ -277,3 +277,22 @@ def test_prompt_condensation_on_swin(swin_vpt_run, tmp_path):
         assert (to_deploy(small)(x) - small(x)).abs().max() <= 1e-5
     assert model_macs(small.info, 10, small.method.extra_tokens()).total < \
         model_macs(small.info, 10, [(3, 3)] * 6).total
+
+
+def test_e2vpt_token_pruning_on_swin(tmp_path):
+    """E²VPT pruning runs on Swin through the same hooks: pruned tokens leave every block, MACs fall, the fold holds."""
+    from edgevp.condense.e2vpt_prune import E2VPTPruneOptions, condense_e2vpt
+    from edgevp.model import load_run
+
+    src = tmp_path / "e2vpt"
+    fit(tiny_config("e2vpt", {"num_tokens": 4, "num_kv": 2, "segments": 4}, backbone=SWIN,
+                    train={"epochs": 1, "lr": 0.01}), out=src)
+    report = condense_e2vpt(src, tmp_path / "pruned", E2VPTPruneOptions(token_budgets=[50], segment_budgets=[0],
+                                                                         finetune_epochs=1))
+    assert report["kept"] == 2 and report["macs"]["after"] < report["macs"]["before"]
+    _, small, _ = load_run(tmp_path / "pruned")
+    assert small.method.prompt_units() == [2] * 6
+    assert report["macs"]["after"] == model_macs(small.info, 10, small.method.extra_tokens()).total
+    with torch.no_grad():
+        x = torch.rand(2, 3, 32, 32)
+        assert (to_deploy(small)(x) - small(x)).abs().max() <= 1e-5

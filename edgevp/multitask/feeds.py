@@ -50,14 +50,18 @@ def load_tables(model_path: str | Path, inputs: dict[str, list]) -> dict[str, np
             raise IncompatibleError(f"table '{name}' in '{path}' has shape {list(tables[name].shape)}, the model "
                                     f"takes {shape}", "the table file does not match this model; rewrite it with "
                                     "`edgevp pack ... --update-tables`")
-    counts = {len(tables[n]) for n in wanted}
+    counts = {len(tables[n]) for n in wanted if not n.startswith(("kv_key_", "kv_value_", "kv_mask_"))}
     if len(counts) != 1:
         raise IncompatibleError(f"the tables in '{path}' disagree on the number of tasks: {sorted(counts)}")
-    return {k: tables[k].astype(np.float32) for k in wanted}
+    for n in (n for n in wanted if n.startswith("kv_row_")):
+        rows = len(tables[f"kv_key_{n.rsplit('_', 1)[1]}"])
+        if tables[n].size and (tables[n].min() < 0 or tables[n].max() >= rows):
+            raise IncompatibleError(f"table '{n}' in '{path}' points at rows beyond the {rows} of its key/value table")
+    return {k: tables[k] if k.startswith("kv_row_") else tables[k].astype(np.float32) for k in wanted}
 
 
 def num_tasks(model_path: str | Path, tables: dict[str, np.ndarray], metadata: dict[str, str]) -> int:
     """How many tasks a pack serves: the tables' task axis, else the tasks listed in its metadata."""
     if tables:
-        return len(next(iter(tables.values())))
+        return len(tables["head_weight"])
     return len(json.loads(metadata.get("tasks", "[]")))

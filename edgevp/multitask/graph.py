@@ -35,8 +35,9 @@ def export_pack(model, tables, tasks, opts, fold: dict, path: Path) -> dict:
     batch = torch.export.Dim("batch", min=1, max=4096)
     ntask = torch.export.Dim("tasks", min=1, max=65536)
     dyn = ({0: batch}, {0: batch})
-    if example_tables:
-        dyn += (tuple({0: ntask} for _ in example_tables),)  # *tables is one argument of the signature
+    if example_tables:  # task-axis tables share one free dim; each block's key/value rows have their own
+        dyn += (tuple({0: torch.export.Dim(f"rows_{n.rsplit('_', 1)[1]}", min=1, max=65536)} if is_row_table(n)
+                      else {0: ntask} for n in names),)  # *tables is one argument of the signature
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (images, task, *example_tables), str(path), dynamo=True, opset_version=opts.opset,
@@ -57,6 +58,11 @@ def export_pack(model, tables, tasks, opts, fold: dict, path: Path) -> dict:
     graph = onnx.load(str(path), load_external_data=False).graph
     return {"opset": opts.opset, "nodes": len(graph.node), "simplify": simp, "bytes": path.stat().st_size,
             "inputs": [i.name for i in graph.input], "output": LOGITS}
+
+
+def is_row_table(name: str) -> bool:
+    """Key/value tables are indexed by row (`kv_row_<block>`), not by task: their first axis is free on its own."""
+    return name.startswith(("kv_key_", "kv_value_", "kv_mask_"))
 
 
 def session(path: Path):
@@ -101,16 +107,19 @@ def write_trt_bundle(work: Path, files: list[str], tasks, opts, gate: dict) -> s
     onnx_name = next(f for f in files if f.endswith(".onnx"))
     c, h, w = tasks[0].model.info.input_size
     tables = np.load(bundle / "tables.npz") if opts.tables_as_inputs else {}
-    n_tasks = len(tasks)
 
-    def dims(batch: int, tasks_axis: int) -> str:
-        """trtexec shapes of every input; with tables as inputs the task axis is free, so tasks can be added."""
+    def dims(batch: int, which: str) -> str:
+        """trtexec shapes of every input; with tables as inputs the task and row axes are free, so tasks can be
+        added: from 1 (min) over today's count (opt) to `max_tasks` (max)."""
         out = [f"{IMAGES}:{batch}x{c}x{h}x{w}", f"{TASK}:{batch}"]
-        out += [f"{k}:{tasks_axis}x" + "x".join(map(str, v.shape[1:])) for k, v in tables.items()]
+        for k, v in tables.items():
+            most = opts.max_tasks + (1 if is_row_table(k) else 0)  # key/value rows: one per task + the empty one
+            first = {"min": 1, "opt": len(v), "max": max(len(v), most)}[which]
+            out.append(f"{k}:{first}" + "".join(f"x{d}" for d in v.shape[1:]))
         return ",".join(out)
 
-    spec = (f"--minShapes={dims(1, 1)} --optShapes={dims(1, n_tasks)} "
-            f"--maxShapes={dims(opts.trt_max_batch, max(n_tasks, opts.max_tasks))}")
+    spec = (f"--minShapes={dims(1, 'min')} --optShapes={dims(1, 'opt')} "
+            f"--maxShapes={dims(opts.trt_max_batch, 'max')}")
     script = bundle / "build_engine.sh"
     script.write_text(SCRIPT.format(onnx=onnx_name, shapes=spec, precision=precision, model="pack")
                       + 'echo "engine: $(pwd)/$ENGINE (edgevp profile $ENGINE --backend trt --task mixed)"\n')

@@ -45,7 +45,8 @@ class PackedModel(nn.Module):
         self.input_bias = tables.input_bias is not None
         self.tables_as_inputs = tables_as_inputs
         # a block whose tasks all have the same number of columns needs no padding mask (constant tables only)
-        self.masked_blocks = {b for b, (_, _, m) in tables.kv.items() if tables_as_inputs or bool(torch.isinf(m).any())}
+        self.masked_blocks = {b for b, (_, _, m, _) in tables.kv.items()
+                              if tables_as_inputs or bool(torch.isinf(m).any())}
         self.is_vit = hasattr(backbone, "blocks") and hasattr(backbone, "_pos_embed")
         if self.kv_blocks or self.pos_delta:
             _check_vit(backbone, self.kv_blocks)
@@ -90,10 +91,11 @@ class PackedModel(nn.Module):
     def _kv_block(self, block: nn.Module, x: torch.Tensor, i: int, t: torch.Tensor,
                   tb: dict[str, torch.Tensor]) -> torch.Tensor:
         """timm Block with each sample's constant keys/values (padded columns masked out) in front of its own."""
-        pk, pv = tb[f"kv_key_{i}"][t], tb[f"kv_value_{i}"][t]  # (B, heads, n_max, head_dim)
+        row = tb[f"kv_row_{i}"][t]  # each sample's row of this block's key/value table
+        pk, pv = tb[f"kv_key_{i}"][row], tb[f"kv_value_{i}"][row]  # (B, heads, n_max, head_dim)
         mask = None
         if i in self.masked_blocks:
-            cols = tb[f"kv_mask_{i}"][t]  # (B, n_max): 0 or -inf
+            cols = tb[f"kv_mask_{i}"][row]  # (B, n_max): 0 or -inf
             image_cols = x[:, :, 0] * 0.0  # (B, N) zeros, derived from x so the graph has no constant-of-shape node
             mask = torch.cat([cols.to(x.dtype), image_cols], dim=1)[:, None, None, :]
         y = attention_with_kv_prefix(block.attn, block.norm1(x), pk, pv, mask=mask)

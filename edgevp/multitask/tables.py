@@ -3,9 +3,11 @@
 A task contributes what its method's `fold` returns (`FoldedPrompts`) plus its head:
 - a pixel prompt becomes a per-task `pos_embed` offset (T, N, D) on timm ViTs where that fold is exact, else a
   per-task bias on the normalised input (T, 3, H, W);
-- per-block constant keys/values become (T, heads, n_max, head_dim) tables; a task with fewer columns in a block
-  (condensed runs keep different counts per layer) is zero-padded and its padded columns get -inf in a (T, n_max)
-  mask added to the attention logits, so their softmax weight is exactly 0;
+- per-block constant keys/values become (R, heads, n_max, head_dim) tables with one row per task that has keys/values
+  in that block, plus one empty row shared by the tasks that have none, and a (T,) row index per task (so a pixel-only
+  or linear task costs no key/value storage); a row with fewer columns (condensed runs keep different counts per
+  layer) is zero-padded and its padded columns get -inf in an (R, n_max) mask added to the attention logits, so their
+  softmax weight is exactly 0;
 - the head becomes (T, C_max, D) weights and (T, C_max) biases; a label mapping onto the pretrained classifier is
   the classifier's rows in mapped order; a task with fewer classes has zero weights and bias `PAD_LOGIT` in its
   unused columns.
@@ -43,7 +45,8 @@ class PackTables:
     head_bias: torch.Tensor  # (T, C_max)
     pos_delta: torch.Tensor | None = None  # (T, N, D)
     input_bias: torch.Tensor | None = None  # (T, 3, H, W), normalised space
-    kv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # block -> K, V, mask
+    # block -> K (R, heads, n, head_dim), V, mask (R, n), row of each task (T,)
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def num_tasks(self) -> int:
@@ -56,15 +59,16 @@ class PackTables:
             out["pos_delta"] = self.pos_delta
         if self.input_bias is not None:
             out["input_bias"] = self.input_bias
-        for block, (k, v, mask) in sorted(self.kv.items()):
-            out.update({f"kv_key_{block}": k, f"kv_value_{block}": v, f"kv_mask_{block}": mask})
+        for block, (k, v, mask, rows) in sorted(self.kv.items()):
+            out.update({f"kv_key_{block}": k, f"kv_value_{block}": v, f"kv_mask_{block}": mask, f"kv_row_{block}": rows})
         return out
 
     @classmethod
     def from_flat(cls, tensors: dict[str, torch.Tensor]) -> PackTables:
         blocks = sorted({int(k.rsplit("_", 1)[1]) for k in tensors if k.startswith("kv_key_")})
         return cls(tensors["head_weight"], tensors["head_bias"], tensors.get("pos_delta"), tensors.get("input_bias"),
-                   {b: (tensors[f"kv_key_{b}"], tensors[f"kv_value_{b}"], tensors[f"kv_mask_{b}"]) for b in blocks})
+                   {b: (tensors[f"kv_key_{b}"], tensors[f"kv_value_{b}"], tensors[f"kv_mask_{b}"],
+                        tensors[f"kv_row_{b}"]) for b in blocks})
 
 
 def task_fold(model: PromptedModel, backbone: nn.Module) -> TaskFold:
@@ -109,7 +113,7 @@ def stack_tables(folds: list[TaskFold], backbone: nn.Module, std: torch.Tensor, 
         entries = [f.kv[block] if block < len(f.kv) else None for f in folds]
         if all(e is None for e in entries) and not (reserve and kv_capacity):
             continue
-        tables.kv[block] = _stack_kv(entries, backbone.blocks[block].attn, kv_capacity if reserve else 0)
+        tables.kv[block] = _stack_kv(entries, backbone.blocks[block].attn, max(kv_capacity, 1) if reserve else 0)
         report["kv_columns"][block] = [0 if e is None else int(e[0].shape[1]) for e in entries]
     return tables, report
 
@@ -130,18 +134,26 @@ def _stack_pixels(folds: list[TaskFold], backbone: nn.Module, std: torch.Tensor,
 
 
 def _stack_kv(entries: list[tuple[torch.Tensor, torch.Tensor] | None], attn: nn.Module, capacity: int = 0
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(K, V, mask) of one block: zero-padded to the widest task (or `capacity`), padded columns -inf in the mask."""
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(K, V, mask, rows) of one block: a row per task with keys/values, zero-padded to the widest (or `capacity`)
+    with its padded columns -inf in the mask, then one all-masked row for the tasks without (and for tasks added
+    later, when reserving `capacity`); `rows[t]` is task t's row."""
     heads, head_dim = attn.num_heads, attn.head_dim
     n_max = max([capacity] + [0 if e is None else e[0].shape[1] for e in entries])
-    k = torch.zeros(len(entries), heads, n_max, head_dim)
+    present = [e for e in entries if e is not None]
+    empty = int(capacity > 0 or len(present) < len(entries))  # reserved tables keep one for tasks added later
+    k = torch.zeros(len(present) + empty, heads, n_max, head_dim)
     v = torch.zeros_like(k)
-    mask = torch.full((len(entries), n_max), float("-inf"))
+    mask = torch.full((len(present) + empty, n_max), float("-inf"))
+    rows = torch.full((len(entries),), len(present), dtype=torch.int64)  # the empty row by default
+    r = 0
     for i, e in enumerate(entries):
         if e is not None:
             n = e[0].shape[1]
-            k[i, :, :n], v[i, :, :n], mask[i, :n] = e[0], e[1], 0.0
-    return k, v, mask
+            k[r, :, :n], v[r, :, :n], mask[r, :n] = e[0], e[1], 0.0
+            rows[i] = r
+            r += 1
+    return k, v, mask, rows
 
 
 def fit_to_capacity(flat: dict[str, torch.Tensor], capacity: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
@@ -155,15 +167,16 @@ def fit_to_capacity(flat: dict[str, torch.Tensor], capacity: dict[str, tuple[int
     for name, shape in capacity.items():
         t = flat.get(name)
         n = len(flat["head_weight"])
-        if t is None:  # a table no new task uses: zeros (a -inf mask: no key/value columns)
+        if t is None:  # a table no new task uses: one empty key/value row every task points at, or zeros
+            rows = 1 if name.startswith(("kv_key_", "kv_value_", "kv_mask_")) else n
             fill = float("-inf") if name.startswith("kv_mask_") else 0.0
-            out[name] = torch.full((n, *shape), fill)
+            out[name] = torch.full((rows, *shape), fill, dtype=torch.int64 if name.startswith("kv_row_") else None)
             continue
         if t.dim() != len(shape) + 1 or any(have > cap for have, cap in zip(t.shape[1:], shape)):
             raise ConfigError(f"table '{name}' of the new tasks is {list(t.shape[1:])}, larger than the graph's "
                               f"{list(shape)}", "pack these runs into a new graph (without --update-tables)")
         fill = float("-inf") if name.startswith("kv_mask_") else PAD_LOGIT if name == "head_bias" else 0.0
-        padded = torch.full((n, *shape), fill)
+        padded = torch.full((len(t), *shape), fill, dtype=t.dtype)
         padded[tuple([slice(None)] + [slice(0, s) for s in t.shape[1:]])] = t
         out[name] = padded
     return out
