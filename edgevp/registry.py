@@ -83,7 +83,7 @@ def _load_plugins() -> None:
             ep.load()
         except Exception as e:  # a broken plug-in must not take the built-in methods down with it
             raise MissingError(f"plug-in method '{ep.name}' ({ep.value}) failed to load: {type(e).__name__}: {e}",
-                               f"fix or uninstall the package that provides it") from None
+                               "fix or uninstall the package that provides it") from None
 
 
 def _spec(name: str) -> MethodSpec:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .config import RunConfig, load_yaml, run_config_to_yaml, to_dict
-from .errors import BusyError, ConfigError, EdgevpError, IncompatibleError
+from .errors import BusyError, ConfigError, IncompatibleError
 from .io import atomic_path, read_json, write_json, write_text
 from .optional import optional
 from .recipe import build_run_config

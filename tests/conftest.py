@@ -45,3 +45,30 @@ def _cache(tmp_path_factory, monkeypatch):
     # offline weights convert into the user's cache; keep tests from writing elsewhere than a shared temp cache
     if "EDGEVP_CACHE" not in os.environ:
         monkeypatch.setenv("EDGEVP_CACHE", os.path.expanduser("~/.cache/edgevp"))
+
+
+TRAINING_STACK = ("torch", "timm", "torchvision")
+# installed through PYTHONPATH as sitecustomize.py, so every child process (the profile workers too) inherits it
+BLOCKER = f'''import sys
+
+
+class _NoTrainingStack:
+    """Imports of {TRAINING_STACK} fail as if they were not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {TRAINING_STACK!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoTrainingStack())
+'''
+
+
+@pytest.fixture(scope="session")
+def no_torch_env(tmp_path_factory) -> dict:
+    """An environment whose Python refuses torch, timm and torchvision (as a Jetson without the training stack)."""
+    shim = tmp_path_factory.mktemp("no_torch")
+    (shim / "sitecustomize.py").write_text(BLOCKER)
+    path = [str(shim), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}

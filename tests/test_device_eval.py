@@ -21,7 +21,6 @@ from edgevp.export.pipeline import ExportOptions, export_run
 from edgevp.train import fit
 
 from .conftest import tiny_config
-from .test_device_side import BLOCKER
 
 
 def _cli(*args) -> "CliRunner.Result":
@@ -56,14 +55,6 @@ def digits_folder(tmp_path_factory) -> Path:
             Image.fromarray(np.clip(d.images[i] * 255 / 16, 0, 255).round().astype(np.uint8)).save(
                 root / str(c) / f"{j}.png")
     return root
-
-
-@pytest.fixture(scope="module")
-def no_torch_env(tmp_path_factory) -> dict:
-    shim = tmp_path_factory.mktemp("no_torch_eval")
-    (shim / "sitecustomize.py").write_text(BLOCKER)
-    path = [str(shim), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
 def _one_line(r) -> str:

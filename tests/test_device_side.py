@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,24 +17,8 @@ from edgevp.errors import MissingError
 from edgevp.optional import optional, pyplot, require
 from edgevp.train import fit
 
-from .conftest import tiny_config
+from .conftest import TRAINING_STACK, tiny_config
 
-TRAINING_STACK = ("torch", "timm", "torchvision")
-# installed through PYTHONPATH as sitecustomize.py, so every child process (the profile workers too) inherits it
-BLOCKER = f'''import sys
-
-
-class _NoTrainingStack:
-    """Imports of {TRAINING_STACK} fail as if they were not installed."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {TRAINING_STACK!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-        return None
-
-
-sys.meta_path.insert(0, _NoTrainingStack())
-'''
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +29,6 @@ def exported_run(tmp_path_factory) -> Path:
                                  "--gate-images", "16"])
     assert r.exit_code == 0, r.output
     return run
-
-
-@pytest.fixture(scope="module")
-def no_torch_env(tmp_path_factory) -> dict:
-    shim = tmp_path_factory.mktemp("no_torch")
-    (shim / "sitecustomize.py").write_text(BLOCKER)
-    path = [str(shim), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
 def _python(env: dict, *args: str) -> subprocess.CompletedProcess:

@@ -15,7 +15,6 @@ from edgevp.cli import app
 from edgevp.export.fold import fix_img_size, to_deploy
 from edgevp.export.pipeline import ExportOptions, export_run
 from edgevp.multitask.model import PackedModel
-from edgevp.multitask.pipeline import PackOptions, pack
 from edgevp.multitask.tables import PAD_LOGIT, fit_to_capacity, stack_tables, task_fold
 from edgevp.train import fit
 

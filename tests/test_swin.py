@@ -2,7 +2,6 @@
 semantics, the patch-merge carry, folding into constant keys/values, analytic vs graph MACs, training and condensation."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
