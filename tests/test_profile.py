@@ -117,6 +117,11 @@ def test_trtexec_summary_is_parsed():
         trtexec.parse("no summary here", 1)
 
 
+def test_trtexec_honours_the_TRTEXEC_variable_the_bundle_documents(monkeypatch):
+    monkeypatch.setenv("TRTEXEC", "/opt/custom/trtexec")
+    assert trtexec.command("m.engine", 1, 50, 200)[0] == "/opt/custom/trtexec"
+
+
 class _FakeCuda:
     def __init__(self):
         self.allocs, self.copies, self.syncs = [], 0, 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,7 +23,7 @@ _ITERS = re.compile(r"(\d+) iterations? ")
 def command(artifact: str | Path, batch: int, iters: int, warmup_ms: int, input_name: str = "input",
             input_chw: tuple[int, int, int] | None = None) -> list[str]:
     """trtexec arguments: a saved engine is loaded; an ONNX file is built strongly typed first."""
-    exe = shutil.which("trtexec") or "/usr/src/tensorrt/bin/trtexec"
+    exe = os.environ.get("TRTEXEC") or shutil.which("trtexec") or "/usr/src/tensorrt/bin/trtexec"  # as build_engine.sh
     art = str(artifact)
     args = [exe, f"--loadEngine={art}"] if art.endswith((".engine", ".plan")) else [exe, f"--onnx={art}",
                                                                                      "--stronglyTyped"]
