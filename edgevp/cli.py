@@ -267,7 +267,9 @@ def list_(
         from .registry import method_specs
 
         for spec in method_specs():
-            typer.echo(f"{spec.name:8s} {'ViT only' if spec.config_cls.needs_vit else 'any model':9s}  {spec.summary}")
+            cfg = spec.config_cls
+            kinds = "/".join(getattr(cfg, "backbones", ("vit",))).replace("vit", "ViT").replace("swin", "Swin")
+            typer.echo(f"{spec.name:8s} {kinds + ' only' if cfg.needs_vit else 'any model':13s}  {spec.summary}")
     elif what == "targets":
         from .export.targets import get_target, list_targets
 
