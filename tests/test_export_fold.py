@@ -194,3 +194,14 @@ def test_dynamo_opset17_is_down_converted_and_runs(tmp_path, digits_batch):
     with torch.no_grad():
         ref = model(digits_batch).numpy()
     assert abs(run_ort(session(path), digits_batch.numpy(), 3) - ref).max() <= 1e-5  # batch 3: the batch axis is free
+
+
+def test_pixel_prompts_fold_on_a_cnn_without_transformer_blocks(digits_batch):
+    """A backbone with no `blocks` (a ResNet) takes LoR-VP's fold into the mean: nothing token-shaped is looked for."""
+    model = tiny_model("lorvp", backbone="resnet18", img_size=32)
+    with torch.no_grad():
+        for p in model.method.parameters():
+            p.normal_()
+        deploy = to_deploy(model.eval())
+        assert deploy.report.pixel == "mean" and deploy.report.tokens == "none"
+        assert (deploy(digits_batch) - model(digits_batch)).abs().max() <= 1e-5

@@ -185,6 +185,8 @@ def _fold_pixel(prompt: torch.Tensor, model: PromptedModel, backbone: nn.Module,
 
 def _fold_tokens(folded: FoldedPrompts, backbone: nn.Module, num_prefix: int, report: FoldReport) -> None:
     """Put constant keys/values and input tokens into the (already detached) backbone copy."""
+    if folded.kv is None and (folded.tokens is None or not len(folded.tokens)):
+        return  # nothing token-shaped to fold (pixel prompts, label maps, linear probes): any backbone will do
     blocks = transformer_blocks(backbone)  # a ViT's blocks, or every stage's blocks of a Swin
     depth = len(blocks)
     if folded.kv is not None:
