@@ -208,6 +208,16 @@ def _fold_tokens(folded: FoldedPrompts, backbone: nn.Module, num_prefix: int, re
                                                  n if i == depth - 1 else 0)
 
 
+def deploy_copy(model: PromptedModel) -> tuple[PromptedModel, nn.Module, bool]:
+    """An eval-mode copy of `model` (left unchanged), its plain frozen backbone with the method detached, and whether
+    that backbone was turned into its fixed-size form: what every deploy form starts from."""
+    work = copy.deepcopy(model).eval()
+    backbone = work.detach_method()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    return work, backbone, fix_img_size(backbone)
+
+
 def to_deploy(model: PromptedModel, include_preprocess: bool = True) -> DeployModel:
     """The deploy form of `model`; what was folded is in its `.report` (a FoldReport). `model` is left unchanged.
 
@@ -222,11 +232,7 @@ def to_deploy(model: PromptedModel, include_preprocess: bool = True) -> DeployMo
         ConfigError: the method has no deploy form (its `fold` is not defined).
     """
     report = FoldReport(method=model.method.name, include_preprocess=include_preprocess)
-    work = copy.deepcopy(model).eval()
-    backbone = work.detach_method()
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    report.fixed_img_size = fix_img_size(backbone)
+    work, backbone, report.fixed_img_size = deploy_copy(model)
     folded = work.method.fold(backbone)
     mean, bias = work.mean, None
     if folded.pixel is not None:
@@ -245,9 +251,7 @@ def to_deploy(model: PromptedModel, include_preprocess: bool = True) -> DeployMo
 def bare_deploy(model: PromptedModel, include_preprocess: bool = True) -> DeployModel:
     """The backbone alone (with the run's head, without prompts or label mapping) in the same deploy form, as the
     cost reference for profiling."""
-    work = copy.deepcopy(model).eval()
-    backbone = work.detach_method()
-    fix_img_size(backbone)
+    work, backbone, _ = deploy_copy(model)
     deploy = DeployModel(backbone, work.mean, work.std, include_preprocess)
     deploy.report = FoldReport(method="bare", include_preprocess=include_preprocess)
     return deploy

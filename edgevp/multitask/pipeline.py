@@ -140,21 +140,16 @@ def own_export(task: Task, opts: PackOptions) -> Path:
 
 def build_packed(tasks: list[Task], opts: PackOptions):
     """(PackedModel, PackTables, fold report) of the tasks."""
-    from ..export.fold import fix_img_size
+    from ..export.fold import deploy_copy
     from .model import PackedModel
     from .tables import stack_tables, task_fold
 
-    folds = []
-    for t in tasks:
-        work = copy.deepcopy(t.model).eval()
-        backbone = work.detach_method()
-        fix_img_size(backbone)
+    folds, shared = [], None
+    for t in tasks:  # one copy at a time; folding reads the backbone, never changes it: the first copy is shared
+        work, backbone, _ = deploy_copy(t.model)
         folds.append(task_fold(work, backbone))
-    work = copy.deepcopy(tasks[0].model).eval()
-    backbone = work.detach_method()
-    fix_img_size(backbone)
-    for p in backbone.parameters():
-        p.requires_grad_(False)
+        shared = shared or (work, backbone)
+    work, backbone = shared
     tables, report = stack_tables(folds, backbone, work.std[0], reserve=opts.tables_as_inputs,
                                   kv_capacity=opts.kv_capacity)
     model = PackedModel(backbone, work.mean, work.std, opts.include_preprocess, tables, opts.tables_as_inputs)
