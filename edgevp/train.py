@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -117,13 +117,15 @@ def _peak_mem_mib(device: torch.device) -> float:
 def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None = None, *, runs_root: str = "runs",
         command: list[str] | None = None, recipe_sha256: str | None = None, reporter: Reporter | None = None,
         stop_after_steps: int | None = None, init_state: dict[str, torch.Tensor] | None = None,
-        extra_inputs: dict | None = None, overwrite: bool = False) -> TrainResult:
+        extra_inputs: dict | None = None, overwrite: bool = False,
+        on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train `cfg` into a new run directory (or continue `resume`); returns the final metrics.
 
     `init_state` starts from given prompt/head tensors (condensation fine-tunes this way); `epochs=0` only
     evaluates and writes the checkpoints. The run directory is locked while training (a second writer exits 8).
     An existing run directory is refused unless it failed before writing any checkpoint (it is started again) or
-    `overwrite` is set.
+    `overwrite` is set. `on_epoch(record)` is called after each epoch's metrics record is written (a sweep's pruner
+    reads it); an exception it raises stops training like any other failure.
 
     Example:
         >>> result = fit(build_run_config(load_yaml("recipes/dinov2_fmnist/vpt_deep.yaml")), out="runs/vpt")
@@ -136,7 +138,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None
     with writer_lock(path, create=resume is None):
         try:
             return _fit(cfg, path, resume is not None, command, recipe_sha256, reporter, stop_after_steps,
-                        init_state, extra_inputs, overwrite)
+                        init_state, extra_inputs, overwrite, on_epoch)
         except Interrupted:
             raise
         except BaseException as e:
@@ -184,7 +186,7 @@ def _check_same_data(run: RunDir, source: dict) -> None:
 
 
 def _fit(cfg: RunConfig, path: Path, resuming: bool, command, recipe_sha256, reporter, stop_after_steps, init_state,
-         extra_inputs, overwrite: bool) -> TrainResult:
+         extra_inputs, overwrite: bool, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     if resuming:
         run = RunDir(path)
         cfg = run.config()
@@ -333,6 +335,8 @@ def _fit(cfg: RunConfig, path: Path, resuming: bool, command, recipe_sha256, rep
                 checkpoint(True)
                 append_jsonl(run.metrics_path, record)
                 rep.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+                if on_epoch is not None:
+                    on_epoch(record)
         except Interrupted:
             rep.stop_bar()
             run.set_stage("train", status="interrupted", seconds=round(progress["seconds"], 3))
