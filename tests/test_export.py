@@ -166,6 +166,43 @@ def test_ort_fp16_and_int8_report_accuracy(runs, tmp_path):
     assert r.exit_code == 2 and "--calib-method" in r.output
 
 
+def test_int8_calibration_ranges(runs, tmp_path):
+    """A static int8 export ships the activation ranges its Q/DQ scales came from; quantising the fp32 ONNX again from
+    that file gives the same scales and zero points, bit for bit (no calibration images needed). Entropy calibration
+    is real: ORT's quantize_static builds its entropy calibrator with as many histogram bins as quantized bins, which
+    makes it MinMax; edgevp uses TensorRT's 2048/128, so some ranges are narrower than MinMax's and none wider."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from edgevp.export.ort import RANGES_FILE, calibrate, to_int8
+
+    side = export_run(runs["vpt"], ExportOptions(target="ort-int8", out=tmp_path, max_drop=100.0))
+    assert side["files"] == ["model.int8.onnx", RANGES_FILE, "test.npz"] and side["int8"]["ranges"] == RANGES_FILE
+    assert len(load_tensors_data(tmp_path / RANGES_FILE).data) > 10
+    fp32 = tmp_path / "fp32" / "model.onnx"
+    export_run(runs["vpt"], ExportOptions(target="onnx", out=fp32.parent, test_images=0))
+    again = tmp_path / "again.onnx"
+    to_int8(fp32, again, None, "static", side["int8"]["calib_method"], side["int8"]["ops"], ranges=tmp_path / RANGES_FILE)
+
+    def qparams(path):
+        return {i.name: numpy_helper.to_array(i).tobytes() for i in onnx.load(str(path)).graph.initializer
+                if i.name.endswith(("_scale", "_zero_point"))}
+
+    shipped, rebuilt = qparams(tmp_path / "model.int8.onnx"), qparams(again)
+    assert len(shipped) > 10 and shipped == rebuilt
+
+    calib = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)
+    width = {}
+    for method in ("minmax", "entropy"):
+        calibrate(fp32, calib, method, tmp_path / f"{method}.json", ["MatMul"])  # few tensors: fast
+        width[method] = {k: float(np.max(v.range_value[1]) - np.min(v.range_value[0]))
+                         for k, v in load_tensors_data(tmp_path / f"{method}.json").data.items()}
+    assert width["minmax"].keys() == width["entropy"].keys() and len(width["minmax"]) >= 10
+    assert sum(width["entropy"][k] < 0.9 * width["minmax"][k] for k in width["minmax"]) >= 3
+    assert all(width["entropy"][k] <= width["minmax"][k] * (1 + 1e-5) + 1e-6 for k in width["minmax"])
+
+
 def test_trt_without_tensorrt_writes_the_bundle_and_exits_4(runs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as when it is not installed
     r = runner.invoke(app, ["export", str(runs["vpt"]), "--target", "trt-fp16", "-o", str(tmp_path)])

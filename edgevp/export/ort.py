@@ -36,18 +36,26 @@ def to_fp16(src, dst) -> None:
     onnx.save(model, str(dst))
 
 
-def to_int8(src, dst, calib: np.ndarray, mode: str = "static", method: str = "minmax", ops: str = "all") -> None:
-    """int8 ONNX: static QDQ (activation ranges from `calib` by `method`; `ops="matmul"` quantises only
-    MatMul/Gemm/Conv) or dynamic (weights only)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+# Activation-range calibration per method. ORT's `quantize_static` builds its entropy calibrator with 128 histogram
+# bins and 128 quantized bins, which leaves a single candidate threshold: the full range, i.e. MinMax (measured:
+# identical scales). Ranges are therefore computed here with TensorRT's entropy settings (2048 bins, 128 quantized)
+# and handed to `quantize_static` as its calibration cache.
+MATMUL_OPS = ["MatMul", "Gemm", "Conv"]  # int8_ops="matmul": only these are quantised (and calibrated)
+RANGES_FILE = "model.int8.ranges.json"  # the activation ranges the Q/DQ scales came from (ORT calibration cache)
+CALIBRATION = {"minmax": ("MinMax", {}),
+               "percentile": ("Percentile", {"num_bins": 2048, "percentile": 99.999, "symmetric": True}),
+               "entropy": ("Entropy", {"num_bins": 2048, "num_quantized_bins": 128})}
 
-    if mode == "dynamic":
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-        return
-    pre = dst.with_name(dst.name + ".pre.onnx")
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+
+def calibrate(model, calib: np.ndarray, method: str, ranges_path, op_types: list[str] | None = None) -> None:
+    """Activation ranges of the float tensors of ONNX file `model` (those around nodes of `op_types`; None: all)
+    over the images `calib` (one at a time), by `method`, saved as ONNX Runtime's calibration cache (JSON) at
+    `ranges_path`."""
+    import tempfile
+    from pathlib import Path
+
+    from onnxruntime.quantization.calibrate import (CalibrationDataReader, CalibrationMethod, create_calibrator,
+                                                    save_tensors_data)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -56,16 +64,48 @@ def to_int8(src, dst, calib: np.ndarray, mode: str = "static", method: str = "mi
         def get_next(self):
             return next(self.batches, None)
 
+    kind, options = CALIBRATION[method]
+    with tempfile.TemporaryDirectory(prefix="edgevp-calib-") as tmp:
+        calibrator = create_calibrator(Path(model), op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=getattr(CalibrationMethod, kind), extra_options=options)
+        calibrator.collect_data(Reader())
+        save_tensors_data(calibrator.compute_data(), ranges_path)
+
+
+def to_int8(src, dst, calib: np.ndarray, mode: str = "static", method: str = "percentile", ops: str = "matmul",
+            ranges=None) -> None:
+    """int8 ONNX: static QDQ (activation ranges from `calib` by `method`, saved to `ranges` when given;
+    `ops="matmul"` quantises only MatMul/Gemm/Conv, `"all"` ORT's default op set) or dynamic (weights only).
+    An existing `ranges` file is reused as it is (the same calibration for another op set)."""
+    import inspect
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if mode == "dynamic":
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        return
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise MissingError("static int8 needs an onnxruntime whose quantize_static takes a calibration cache",
+                           "pip install -U onnxruntime")
+    pre = dst.with_name(dst.name + ".pre.onnx")
+    cache = ranges or dst.with_name(dst.name + ".ranges.json")
     logging.disable(logging.WARNING)  # per-channel axis notes for every LayerNorm weight
     try:
-        calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                     "entropy": CalibrationMethod.Entropy}[method]
-        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, per_channel=True, calibrate_method=calibrate,
-                        op_types_to_quantize=["MatMul", "Gemm", "Conv"] if ops == "matmul" else None)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        op_types = MATMUL_OPS if ops == "matmul" else None
+        if ranges is None or not cache.is_file():
+            calibrate(pre, calib, method, cache, op_types)
+        quantize_static(str(pre), str(dst), None, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, per_channel=True,
+                        calibrate_method=getattr(CalibrationMethod, CALIBRATION[method][0]),
+                        op_types_to_quantize=op_types,
+                        calibration_cache_path=str(cache))
     finally:
         logging.disable(logging.NOTSET)
         pre.unlink(missing_ok=True)
+        if ranges is None:
+            cache.unlink(missing_ok=True)
 
 
 def gate_vs_fp32(ctx, got: np.ndarray, result: dict, key: str = "accuracy_vs_fp32", what: str = "val top-1") -> dict:
@@ -113,9 +153,21 @@ def build_int8(ctx) -> dict:
     calib = None
     if ctx.opts.int8_mode == "static":
         calib = ctx.deploy_input(ctx.images("train", ctx.opts.calib_images)[0])
+    ranges = ctx.work / RANGES_FILE if calib is not None else None
     to_int8(ctx.work / "model.onnx", ctx.work / "model.int8.onnx", calib, ctx.opts.int8_mode, ctx.opts.calib_method,
-            ctx.opts.int8_ops)
-    result["int8"] = {"mode": ctx.opts.int8_mode, "format": "QDQ" if ctx.opts.int8_mode == "static" else "dynamic",
-                      "calib_method": ctx.opts.calib_method if calib is not None else None, "ops": ctx.opts.int8_ops,
-                      "calibration_images": 0 if calib is None else len(calib)}
-    return {**_accuracy_gate(ctx, "model.int8.onnx", result), "sidecar": "model.int8.json"}
+            ctx.opts.int8_ops, ranges=ranges)
+    result["int8"] = int8_record(ctx, calib)
+    result = _accuracy_gate(ctx, "model.int8.onnx", result)
+    if ranges is not None:
+        result["files"].append(RANGES_FILE)
+    return {**result, "sidecar": "model.int8.json"}
+
+
+def int8_record(ctx, calib) -> dict:
+    """What the sidecar says about an int8 artifact: mode, format, calibration and the op set."""
+    static = calib is not None
+    return {"mode": ctx.opts.int8_mode, "format": "QDQ" if static else "dynamic",
+            "calib_method": ctx.opts.calib_method if static else None,
+            "calibrator": dict(CALIBRATION[ctx.opts.calib_method][1]) if static else None,
+            "ops": ctx.opts.int8_ops, "calibration_images": 0 if calib is None else len(calib),
+            "ranges": RANGES_FILE if static else None}
