@@ -198,10 +198,19 @@ def writer_lock(path: str | Path, create: bool = True) -> Iterator[Path]:
         handle.truncate()
         handle.write(f"pid {os.getpid()}: {' '.join(sys.argv[:3])}")
         handle.flush()
+        _remove_stale_temporaries(path)
         yield path
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files (`io.atomic_path`'s `.NAME.*.tmp`) a killed writer left in `path` or its checkpoints; the lock
+    is held, so none is being written."""
+    for folder in (path, path / "checkpoints"):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------------

@@ -101,3 +101,17 @@ def test_killed_export_leaves_no_valid_looking_partial_artifact(trained, tmp_pat
     assert r.returncode == 0, r.stderr
     assert not list(out.glob(".export-*"))  # the killed export's staging directory is cleaned
     assert json.loads((out / "model.json").read_text())["status"] == "ok"
+
+
+def test_a_writer_removes_temporaries_a_killed_writer_left(tmp_path):
+    """A SIGKILL during a checkpoint write leaves `.NAME.*.tmp`; the next writer of the directory removes it (and
+    nothing else)."""
+    from edgevp.runs import writer_lock
+
+    (tmp_path / "checkpoints").mkdir()
+    stale = [tmp_path / ".resume.pt.x1y2.tmp", tmp_path / "checkpoints" / ".last.safetensors.ab12.tmp"]
+    kept = [tmp_path / "metrics.jsonl", tmp_path / "checkpoints" / "last.safetensors", tmp_path / "notes.tmp"]
+    for p in stale + kept:
+        p.write_text("x")
+    with writer_lock(tmp_path):
+        assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
