@@ -19,6 +19,8 @@ _API = {
     "fit": "edgevp.train",
     "pack": "edgevp.multitask.pipeline",
     "PackOptions": "edgevp.multitask.pipeline",
+    "run_sweep": "edgevp.sweep",
+    "SweepOptions": "edgevp.sweep",
     "list_methods": "edgevp.registry",
     "register_method": "edgevp.registry",
     "PromptedModel": "edgevp.prompts.base",

@@ -42,6 +42,8 @@ def handle_errors(fn: Callable) -> Callable:
         except EdgevpError as e:
             if _state["verbose"]:
                 traceback.print_exc()
+            if getattr(e, "echoed_by_main", False):  # a torchrun rank > 0 whose error rank 0 prints
+                raise typer.Exit(e.exit_code)
             _fail(e.line(), e.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
@@ -94,6 +96,9 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="start over in an existing run directory (its files are removed); "
                                                  "a run that failed before its first checkpoint is started over "
                                                  "without it")] = False,
+    nproc: Annotated[Optional[int], typer.Option(
+        help="data-parallel processes on this machine (runs torchrun; data.batch_size stays the global batch); "
+             "for several machines run `torchrun ... -m edgevp train` yourself (README: Scale out)")] = None,
 ) -> None:
     """Train a prompt method (+ head) on a frozen backbone from a YAML recipe."""
     from .config import load_yaml, run_config_to_yaml
@@ -114,11 +119,94 @@ def train(
             return
     if overwrite and resume is not None:
         _fail("--overwrite starts a run over; it cannot be combined with --resume", 2)
+    if nproc is not None and nproc != 1:
+        raise typer.Exit(_launch_train(nproc, cfg, recipe, sets, out, resume, overwrite))
     result = fit(cfg, out=out, resume=resume, command=sys.argv, recipe_sha256=sha,
                  reporter=Reporter(quiet=_state["quiet"]), overwrite=overwrite)
+    from . import distributed
+
+    if not distributed.is_main():
+        return  # one "done" line, from rank 0
     test = "n/a" if result.test_top1 is None else f"{result.test_top1:.2f}"
     typer.echo(f"done: best val top-1 {result.best_val_top1:.2f} (epoch {result.best_epoch + 1}), test top-1 {test}, "
                f"{result.train_seconds:.1f}s -> {result.run_dir}")
+
+
+@app.command(epilog="Examples: `edgevp sweep recipes/vtab1k/vpt_deep.yaml --grid train.lr=0.1,0.05,0.01 --grid "
+                    "train.weight_decay=0,1e-4 -o runs/sweep-dtd --final` · the same command on several machines with "
+                    "`--storage postgresql://user@host/edgevp` shares one study")
+@handle_errors
+def sweep(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe (see recipes/)")],
+    grid: Annotated[list[str], typer.Option(metavar="KEY=V1,V2", help="a recipe key and its values (repeatable), "
+                                                                     "checked like -s, e.g. --grid train.lr=0.1,0.01")]
+    = [],  # noqa: B006
+    sampler: Annotated[str, typer.Option(help="grid (every point once) | tpe | random (over the grid's values)")]
+    = "grid",
+    trials: Annotated[Optional[int], typer.Option(help="trials in the study (default: the grid's size; grid: at "
+                                                       "most that)")] = None,
+    metric: Annotated[str, typer.Option(help="val_top1 (maximised) | val_loss (minimised), the best epoch's")]
+    = "val_top1",
+    pruner: Annotated[str, typer.Option(help="median (after --pruner-startup trials, not during lr warm-up) | "
+                                             "hyperband | none")] = "median",
+    pruner_startup: Annotated[int, typer.Option(help="finished trials before the median pruner prunes")] = 5,
+    storage: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL of the study (default: "
+                                                        "sqlite:///SWEEPDIR/study.db); share one between machines")]
+    = None,
+    study: Annotated[Optional[str], typer.Option(help="study name (default: from the recipe path, e.g. "
+                                                      "vtab1k-vpt_deep)")] = None,
+    sets: Sets = [],  # noqa: B006
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="sweep directory (default: runs/sweep-STUDY)")]
+    = None,
+    final: Annotated[bool, typer.Option("--final", help="then retrain the best trial on train+val into SWEEPDIR/final "
+                                                        "and report test top-1")] = False,
+    nproc: Annotated[int, typer.Option(help="train each trial with `edgevp train --nproc N` (data-parallel)")] = 1,
+    seed: Annotated[int, typer.Option(help="seed of the tpe/random sampler")] = 0,
+    heartbeat: Annotated[int, typer.Option(help="seconds between a running trial's heartbeats")] = 30,
+    grace: Annotated[Optional[int], typer.Option(help="seconds without a heartbeat before a trial counts as dead "
+                                                      "(failed, then queued again); default 2 x --heartbeat")] = None,
+) -> None:
+    """Hyper-parameter sweep on Optuna: each trial an ordinary run directory under SWEEPDIR/trials, pruning from the
+    per-epoch validation metric; several workers (processes or machines) may share one study.
+
+    Exit codes: 2 a grid key or value the recipe schema refuses, a storage URL that cannot be opened, bad options ·
+    4 optuna (or the database's driver) missing · 6 the study exists with another grid or recipe.
+    """
+    from .console import Reporter
+    from .sweep import SweepOptions, run_sweep
+
+    opts = SweepOptions(grid=list(grid), sampler=sampler, trials=trials, metric=metric, pruner=pruner,
+                        pruner_startup=pruner_startup, storage=storage, study=study, seed=seed, nproc=nproc,
+                        final=final, heartbeat=heartbeat, grace=grace)
+    doc = run_sweep(recipe, opts, sets, out, Reporter(quiet=_state["quiet"]))
+    best, fin = doc["best"], doc["final"]
+    line = (f"best: trial {best['number']} ({', '.join(f'{k}={v}' for k, v in best['params'].items())}) "
+            f"{doc['metric']} {best['value']:.4g}" if best else "best: no completed trial")
+    if fin and fin.get("test_top1") is not None:
+        line += f"; final (train+val) test top-1 {fin['test_top1']:.2f}"
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in doc["counts"].items())
+    typer.echo(f"done: {counts}; {line} -> {doc['sweep_dir']}")
+
+
+def _launch_train(nproc: int, cfg, recipe: Path | None, sets: list[str], out: Path | None, resume: Path | None,
+                  overwrite: bool) -> int:
+    """`edgevp train --nproc N`: the same command on N torchrun processes; returns rank 0's exit code."""
+    from . import distributed
+    from .runs import RunDir
+
+    if nproc < 1:
+        _fail(f"--nproc must be >= 1, got {nproc}", 2)
+    if distributed.active():
+        _fail("--nproc starts torchrun itself; under torchrun, leave it out", 2)
+    cfg = cfg if cfg is not None else RunDir(resume).config()
+    distributed.check_batch(cfg.data.batch_size, nproc)  # the check every rank makes, before any process starts
+    args = ["-v"] * _state["verbose"] + ["-q"] * _state["quiet"] + ["train"]
+    args += [str(recipe)] if recipe is not None else ["--resume", str(resume)]
+    for item in sets:
+        args += ["-s", item]
+    args += ["-o", str(out)] if out is not None else []
+    args += ["--overwrite"] if overwrite else []
+    return distributed.launch(nproc, args)
 
 
 def _fraction(text: str | None, name: str) -> float | None:
@@ -185,6 +273,10 @@ def condense(
     out = out or run.parent / f"{run.name}-{method}"
     rep = Reporter(quiet=_state["quiet"])
     report = condense_pc(run, out, opts, rep) if method == "pc" else condense_e2vpt(run, out, opts, rep)
+    from . import distributed
+
+    if not distributed.is_main():
+        return  # one "done" line, from rank 0
     after = report["top1_after_finetune"]
     test = "n/a" if after["test"] is None else f"{after['test']:.2f}"
     typer.echo(f"done: kept {report['kept']}/{report['total']} prompts, MACs {report['macs']['before'] / 1e9:.3f}G -> "
@@ -521,4 +613,8 @@ def predict(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        if "edgevp.distributed" in sys.modules:  # a torchrun rank leaves its process group (NCCL warns otherwise)
+            sys.modules["edgevp.distributed"].shutdown()

@@ -73,11 +73,12 @@ class DataConfig:
         "help": "fgvc only (required): cub | nabirds (images under images/) | stanford_dogs (Images/) | "
                 "stanford_cars | oxford_flowers (the root itself)"})
     split_protocol: Literal["tune", "final"] = field(default="tune", metadata={
-        "help": "vtab1k/fgvc: tune = train800 (train.json) as train, val200 (val.json) as val, test.txt (test.json) "
-                "as test, for the lr/wd search; final = train800val200 (train.json + val.json) as train and test as "
-                "test, the papers' reported protocol; val200 (val.json) stays the val split for monitoring only: it "
-                "is part of train, so its accuracy is optimistic and the 'best' checkpoint it picks is in practice "
-                "one of the last epochs"})
+        "help": "tune: train / val / test as the dataset gives them, for the lr/wd search (vtab1k: train800, val200, "
+                "test.txt; fgvc: train.json, val.json, test.json); final: the papers' reported protocol, train+val as "
+                "train and test as test (vtab1k: train800val200; fgvc: train.json + val.json; every other dataset: "
+                "the tune protocol's train and val merged, limits applied first, so a held-out val_fraction goes "
+                "back into train); val stays the val split for monitoring only: it is part of train, so its "
+                "accuracy is optimistic and the 'best' checkpoint it picks is in practice one of the last epochs"})
     val_fraction: float = field(default=0.1, metadata={"help": "fraction of train held out for validation when "
                                                                  "the dataset has no val split"})
     test_fraction: float = field(default=0.2, metadata={"help": "fraction held out as test when there is no test split"})
@@ -118,8 +119,6 @@ class DataConfig:
         if self.name in ("vtab1k", "fgvc"):
             check(self.root is not None, f"name={self.name} needs data.root, the folder that holds "
                                          + ("the task folders" if self.name == "vtab1k" else "train/val/test.json"))
-        else:
-            check(self.split_protocol == "tune", "split_protocol=final is only for name=vtab1k and name=fgvc")
 
 
 @dataclass
@@ -145,9 +144,13 @@ class TrainConfig:
     log_every: int = field(default=20, metadata={"help": "steps between log lines when not on a terminal"})
     head_init: Literal["trunc_normal", "zeros", "vpt"] = field(
         default="trunc_normal", metadata={"help": "new head init; vpt = kaiming-normal(fan_out), bias -log(99)"})
+    track: list[Literal["tensorboard", "mlflow"]] = field(default_factory=list, metadata={
+        "help": "experiment trackers that get a copy of the scalars, hyper-parameters and final metrics: "
+                "tensorboard (RUN/tb/), mlflow (file:RUN/mlruns unless MLFLOW_TRACKING_URI is set); none by default"})
 
     def __post_init__(self):
         check(self.epochs >= 0, "epochs must be >= 0")
+        check(len(set(self.track)) == len(self.track), f"track lists a tracker twice: {self.track}")
         check(self.lr > 0 and self.min_lr >= 0, "lr must be > 0 and min_lr >= 0")
         check(self.weight_decay >= 0 and self.momentum >= 0, "weight_decay and momentum must be >= 0")
         check(self.warmup_epochs >= 0, "warmup_epochs must be >= 0")

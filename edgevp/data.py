@@ -170,6 +170,15 @@ def split_off(ds: ImageDataset, fraction: float, seed: int) -> tuple[ImageDatase
     return ds.subset(np.sort(np.array(rest, dtype=np.int64))), ds.subset(np.sort(np.array(held, dtype=np.int64)))
 
 
+def merge(a: ImageDataset, b: ImageDataset) -> ImageDataset:
+    """`a` followed by `b` (the same classes; in-memory arrays or file paths)."""
+    if isinstance(a.items, np.ndarray) and isinstance(b.items, np.ndarray):
+        items = np.concatenate([a.items, b.items])
+    else:
+        items = list(a.items) + list(b.items)
+    return ImageDataset(items, np.concatenate([a.labels, b.labels]), a.classes, a.transform, a.seed)
+
+
 def _fashion_mnist(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None, dict]:
     root = Path(cfg.root or FASHION_MNIST_DIR)
     names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
@@ -256,6 +265,8 @@ VTAB1K_ALIASES = {"cifar100": "cifar"}
 # split files per protocol: (train files, val file, test file)
 VTAB1K_FILES = {"tune": (("train800.txt",), "val200.txt", "test.txt"),
                 "final": (("train800val200.txt",), "val200.txt", "test.txt")}
+# datasets whose split files define the final protocol's train themselves (the others merge train and val)
+FINAL_BY_FILES = ("vtab1k", "fgvc")
 FGVC_FILES = {"tune": (("train.json",), "val.json", "test.json"),
               "final": (("train.json", "val.json"), "val.json", "test.json")}
 FGVC_IMAGE_ROOT = {"cub": "images", "nabirds": "images", "stanford_dogs": "Images", "stanford_cars": "",
@@ -451,6 +462,9 @@ def load_splits(cfg: DataConfig) -> Splits:
     for name, ds in (("train", train), ("val", val)):
         if len(ds) == 0:
             raise DataError(f"the {name} split of '{cfg.name}' is empty", "add images or lower the hold-out fraction")
+    if cfg.split_protocol == "final" and cfg.name not in FINAL_BY_FILES:
+        train = merge(train, val)  # the tune protocol's train + val; val stays for monitoring only
+        source = {**source, "split_protocol": "final"}
     train.train = True
     return Splits(train, val, test, train.classes, source)
 

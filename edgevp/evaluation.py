@@ -25,8 +25,10 @@ def autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, amp: bool = False) -> dict[str, float]:
-    """Loss, top-1 and top-5 (%) over a loader."""
+def evaluate(model: torch.nn.Module, loader, device: torch.device, amp: bool = False,
+             gather: bool = False) -> dict[str, float]:
+    """Loss, top-1 and top-5 (%) over a loader; with `gather`, the loader is this rank's shard and the sums are
+    added over the torchrun ranks before dividing."""
     model.eval()
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
     for x, y in loader:
@@ -40,5 +42,24 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp: bool = F
         top1 += (pred[:, 0] == y).sum().item()
         top5 += (pred == y[:, None]).any(dim=1).sum().item()
         n += len(y)
+    if gather:
+        from . import distributed
+
+        loss_sum, top1, top5, n = distributed.sum_numbers([loss_sum, top1, top5, n])
     n = max(n, 1)
     return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
+
+
+def evaluator(ds, batch_size: int, device: torch.device, amp: bool = False, num_workers: int = 0):
+    """`model -> metrics` over dataset `ds`: one loader in one process; under torchrun each rank evaluates a
+    contiguous shard and the sums are gathered, so every rank gets the same metrics."""
+    from . import distributed
+    from .data import make_loader
+
+    if not distributed.active():
+        loader = make_loader(ds, batch_size, num_workers)
+        return lambda model: evaluate(model, loader, device, amp)
+    from torch.utils.data import Subset
+
+    loader = make_loader(Subset(ds, distributed.sharded_indices(len(ds))), batch_size, num_workers)
+    return lambda model: evaluate(model, loader, device, amp, gather=True)

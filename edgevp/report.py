@@ -14,6 +14,7 @@ from .errors import ConfigError, IncompatibleError
 from .io import atomic_path, write_json, write_text
 from .optional import pyplot
 from .runs import RunDir
+from .sweep.summary import is_sweep, sweep_section
 from .tables import cell, markdown_table
 
 
@@ -163,9 +164,9 @@ def is_pack(path: Path) -> bool:
 
 
 def report_inputs(paths: list[Path]) -> list[Path]:
-    """The arguments a report reads: run directories (with manifest.json) and pack directories; when there is
+    """The arguments a report reads: run directories (with manifest.json), pack and sweep directories; when there is
     neither, every argument (so that a wrong one fails as "not an edgevp run directory")."""
-    keep = [Path(p) for p in paths if (Path(p) / "manifest.json").is_file() or is_pack(p)]
+    keep = [Path(p) for p in paths if (Path(p) / "manifest.json").is_file() or is_pack(p) or is_sweep(p)]
     return keep or [Path(p) for p in paths]
 
 
@@ -342,15 +343,18 @@ def _pack_section(packs: list[dict]) -> list[str]:
 
 
 def write_report(runs: list[Path], out: Path, profiles: list[Path] = ()) -> tuple[Path, list[dict]]:
-    """Report `runs`; pack directories among them (see `is_pack`) get the multi-task packs section."""
+    """Report `runs`; pack directories among them (see `is_pack`) get the multi-task packs section, sweep directories
+    (`edgevp sweep`) a grid heat map and their best trial."""
     runs = [Path(r) for r in runs]
     packs = [r for r in runs if is_pack(r)]
-    runs = [r for r in runs if r not in packs]
-    if not runs and not packs:
+    sweeps = [r for r in runs if is_sweep(r)]
+    runs = [r for r in runs if r not in packs and r not in sweeps]
+    if not runs and not packs and not sweeps:
         raise ConfigError("give at least one run directory")
     found = _profiles(runs, profiles)
     rows = [summarize(r, found) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
+    sweep_md = [line for s in sweeps for line in ["", *sweep_section(s, out)]]
     pack_summaries = [summarize_pack(p, runs, [f for f in found if f["_run"] is None]) for p in packs]
     if pack_summaries:
         buf = io.StringIO()
@@ -360,7 +364,7 @@ def write_report(runs: list[Path], out: Path, profiles: list[Path] = ()) -> tupl
         write_text(out / "packs.csv", buf.getvalue())
         write_json(out / "packs.json", pack_summaries)
     if not runs:
-        md = ["# edgevp report", "", *_pack_section(pack_summaries)]
+        md = ["# edgevp report", *(["", *_pack_section(pack_summaries)] if pack_summaries else []), *sweep_md]
         write_text(out / "report.md", "\n".join(md) + "\n")
         return out / "report.md", rows
     files = []
@@ -435,5 +439,6 @@ def write_report(runs: list[Path], out: Path, profiles: list[Path] = ()) -> tupl
             md.append(f"![{f}]({f})")
     if pack_summaries:
         md += ["", *_pack_section(pack_summaries)]
+    md += sweep_md
     write_text(out / "report.md", "\n".join(md) + "\n")
     return out / "report.md", rows

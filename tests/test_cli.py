@@ -23,15 +23,16 @@ def invoke(*args):
 
 
 def test_help_for_every_command():
-    for args in ([], ["train"], ["list"], ["demo"]):
+    for args in ([], ["train"], ["list"], ["demo"], ["sweep"]):
         r = invoke(*args, "--help")
         assert r.exit_code == 0 and "Usage" in r.output
     assert "Exit codes" in invoke("--help").output
 
 
 def test_import_and_help_stay_lean():
-    code = ("import sys, edgevp, edgevp.cli; heavy = [m for m in ('torch', 'timm', 'onnx', 'onnxruntime', "
-            "'tensorrt', 'matplotlib') if m in sys.modules]; assert not heavy, heavy")
+    code = ("import sys, edgevp, edgevp.cli, edgevp.sweep; heavy = [m for m in ('torch', 'timm', 'onnx', "
+            "'onnxruntime', 'tensorrt', 'matplotlib', 'optuna', 'sqlalchemy') if m in sys.modules]; "
+            "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
     out = subprocess.run([sys.executable, "-m", "edgevp", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train" in out.stdout

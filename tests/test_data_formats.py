@@ -167,13 +167,21 @@ def test_a_bad_split_file_is_exit_5_before_training(tmp_path):
     ({"name": "fgvc", "dataset": "cub"}, "name=fgvc needs data.root"),
     ({"name": "folder", "root": "/x", "dataset": "cub"}, "data.dataset is only for name=fgvc"),
     ({"name": "fgvc", "root": "/x", "dataset": "aircraft"}, "'aircraft' is not one of cub, nabirds"),
-    ({"name": "digits", "split_protocol": "final"}, "split_protocol=final is only for name=vtab1k and name=fgvc"),
     ({"name": "vtab1k", "root": "/x", "task": "dtd", "split_protocol": "all"}, "'all' is not one of tune, final"),
     ({"name": "digits", "crop_pct": 1.5}, r"crop_pct must be in \(0, 1\]"),
 ])
 def test_config_refusals(data, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(DataConfig, data, "data")
+
+
+def test_final_protocol_merges_a_held_out_val_back_into_train():
+    tune = load_splits(DataConfig(name="digits", limit_train=64, limit_val=32, limit_test=16))
+    final = load_splits(DataConfig(name="digits", limit_train=64, limit_val=32, limit_test=16, split_protocol="final"))
+    assert len(final.train) == len(tune.train) + len(tune.val) == 96
+    assert np.array_equal(final.val.items, tune.val.items) and np.array_equal(final.test.items, tune.test.items)
+    assert np.array_equal(final.train.items, np.concatenate([tune.train.items, tune.val.items]))
+    assert final.source["split_protocol"] == "final"
 
 
 def test_config_refusal_is_exit_2(tmp_path):

@@ -23,6 +23,7 @@ from typing import Literal
 
 import torch
 
+from .. import distributed
 from ..config import check_options
 from ..console import Reporter
 from ..cost import vit_macs
@@ -89,6 +90,11 @@ def pruned(model: PromptedModel, keep: torch.Tensor, seg_keep: torch.Tensor, epo
     return new_cfg, condensed_state(model, method_state)
 
 
+def _check_new(out: Path) -> None:
+    if out.exists():
+        raise IncompatibleError(f"output '{out}' already exists", "choose another --out")
+
+
 def _macs(model: PromptedModel, num_classes: int, n_tokens: int) -> int:
     units = model.method.prompt_units()
     return vit_macs(model.info, num_classes, model.method.extra_tokens([n_tokens] * len(units))).total
@@ -97,10 +103,10 @@ def _macs(model: PromptedModel, num_classes: int, n_tokens: int) -> int:
 def condense_e2vpt(src: str | Path, out: str | Path, opts: E2VPTPruneOptions, reporter: Reporter | None = None) -> dict:
     from ..train import fit
 
-    rep = reporter or Reporter()
+    distributed.init_from_env()  # under torchrun: scores summed over ranks, rank 0 writes the pruned run
+    rep = (reporter or Reporter()) if distributed.is_main() else Reporter(quiet=True)
     out = Path(out)
-    if out.exists():
-        raise IncompatibleError(f"output '{out}' already exists", "choose another --out")
+    distributed.on_main(lambda: _check_new(out))
     source = open_source(src, "E²VPT pruning", "VPT runs: --method pc", has_masks=True)
     cfg, model, num_classes = source.cfg, source.model, source.num_classes
     token_mask, segment_mask = model.method.mask_units()
@@ -140,8 +146,9 @@ def condense_e2vpt(src: str | Path, out: str | Path, opts: E2VPTPruneOptions, re
     removal = build_model(removal_cfg, num_classes)
     removal.load_trainable_state(removal_state)
     after_removal = source.top1(removal)
-    shutil.copytree(best["run"], out)
-    RunDir(out).update_manifest(run_id=out.name)
+    if distributed.is_main():
+        shutil.copytree(best["run"], out)
+        RunDir(out).update_manifest(run_id=out.name)
     kept = int(best["keep"].sum())
     report = {
         "method": "e2vpt", "source_run": str(Path(src).resolve()), "rewind": opts.rewind,
@@ -156,8 +163,9 @@ def condense_e2vpt(src: str | Path, out: str | Path, opts: E2VPTPruneOptions, re
         "params": {"prompt_before": model.param_summary()["prompt"],
                    "prompt_after": removal.param_summary()["prompt"]},
     }
-    seg_rows = [seg_scores[k] for k in torch.nonzero(best["keep"]).flatten().tolist()]
-    write_condense_artifacts(RunDir(out), report, [tok_scores, *seg_rows], [best["keep"], *best["seg_keep"]],
-                             title=f"row 0: tokens ({kept}/{n_p} kept); rows 1+: segments of kept tokens")
-    shutil.move(str(cands), str(out / "candidates"))  # every retrained candidate stays inspectable
+    if distributed.is_main():
+        seg_rows = [seg_scores[k] for k in torch.nonzero(best["keep"]).flatten().tolist()]
+        write_condense_artifacts(RunDir(out), report, [tok_scores, *seg_rows], [best["keep"], *best["seg_keep"]],
+                                 title=f"row 0: tokens ({kept}/{n_p} kept); rows 1+: segments of kept tokens")
+        shutil.move(str(cands), str(out / "candidates"))  # every retrained candidate stays inspectable
     return report

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..config import RunConfig, check_options
 from ..console import Reporter
 from ..cost import vit_macs
@@ -107,7 +108,8 @@ def condense_pc(src: str | Path, out: str | Path, opts: PCOptions, reporter: Rep
     """Condense run `src` into a new run directory `out`; returns the report (also saved there)."""
     from ..train import fit
 
-    rep = reporter or Reporter()
+    distributed.init_from_env()  # under torchrun: scores summed over ranks, rank 0 writes the condensed run
+    rep = (reporter or Reporter()) if distributed.is_main() else Reporter(quiet=True)
     source = open_source(src, "Prompt Condensation", "E²VPT token pruning: --method e2vpt", has_units=True)
     cfg, model, num_classes = source.cfg, source.model, source.num_classes
     method = model.method
@@ -154,5 +156,6 @@ def condense_pc(src: str | Path, out: str | Path, opts: PCOptions, reporter: Rep
         "macs": {"bare": bare_macs, "before": macs_for(method.prompt_units()), "after": macs_for(counts)},
         "params": {"prompt_before": model.param_summary()["prompt"], "prompt_after": result.params["prompt"]},
     }
-    write_condense_artifacts(RunDir(result.run_dir), report, scores, masks)
+    if distributed.is_main():
+        write_condense_artifacts(RunDir(result.run_dir), report, scores, masks)
     return report

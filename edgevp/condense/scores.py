@@ -8,6 +8,10 @@ Aggregation over batches (L is the batch-mean loss):
 - `abs_batch` (default): mean over batches of |per-batch gradient| — the expectation E|∂L/∂g| at batch level;
 - `abs_mean`: |mean over batches of the gradient|;
 - `signed_mean`: mean over batches of the signed gradient (E²VPT's reference code; low = prune first).
+
+Under torchrun each rank takes a slice of every scoring batch (`distributed.ShardedBatches`) with the loss summed
+over its slice and divided by the global batch count; the per-batch gradients summed over the ranks are the
+one-process gradients, so the scores are the single-process scores.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Iterable, Literal
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..errors import ConfigError
 from ..prompts.base import PromptedModel
 
@@ -23,7 +28,7 @@ Aggregate = Literal["abs_batch", "abs_mean", "signed_mean"]
 
 
 def _aggregate(grads: list[torch.Tensor], mode: Aggregate) -> torch.Tensor:
-    g = torch.stack(grads)
+    g = distributed.sum_all(torch.stack(grads))  # per-batch gradients: each rank's share summed (one all-reduce)
     if mode == "abs_batch":
         return g.abs().mean(0)
     if mode == "abs_mean":
@@ -32,10 +37,23 @@ def _aggregate(grads: list[torch.Tensor], mode: Aggregate) -> torch.Tensor:
 
 
 def _batches(loader: Iterable, device: torch.device, max_batches: int | None):
-    for i, (x, y) in enumerate(loader):
+    """(x, y, global batch count or None): a DataLoader's batches, or this rank's slices of them under torchrun
+    (x and y None for an empty slice)."""
+    for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             return
-        yield x.to(device), y.to(device)
+        x, y, n = batch if len(batch) == 3 else (*batch, None)
+        yield (None, None, n) if x is None else (x.to(device), y.to(device), n)
+
+
+def _grads(model: PromptedModel, batch, wrt: list[torch.Tensor], allow_unused: bool = False) -> list[torch.Tensor]:
+    """Gradients of the batch-mean loss w.r.t. `wrt` (a slice's share of it under torchrun; zeros when empty)."""
+    x, y, n = batch
+    if x is None:
+        return [torch.zeros_like(w) for w in wrt]
+    loss = F.cross_entropy(model(x), y) if n is None else F.cross_entropy(model(x), y, reduction="sum") / n
+    grads = torch.autograd.grad(loss, wrt, allow_unused=allow_unused)
+    return [torch.zeros_like(w) if g is None else g.detach() for g, w in zip(grads, wrt)]
 
 
 def gate_scores(model: PromptedModel, loader: Iterable, mode: Aggregate = "abs_batch",
@@ -51,10 +69,9 @@ def gate_scores(model: PromptedModel, loader: Iterable, mode: Aggregate = "abs_b
     model.eval()
     method.set_unit_gates(gates)
     try:
-        for x, y in _batches(loader, device, max_batches):
-            grads = torch.autograd.grad(F.cross_entropy(model(x), y), gates, allow_unused=True)
-            for g, grad in enumerate(grads):
-                per_batch[g].append(torch.zeros_like(gates[g]) if grad is None else grad.detach())
+        for batch in _batches(loader, device, max_batches):
+            for g, grad in enumerate(_grads(model, batch, gates, allow_unused=True)):
+                per_batch[g].append(grad)
     finally:
         method.set_unit_gates(None)
     if not per_batch[0]:
@@ -76,10 +93,10 @@ def mask_scores(model: PromptedModel, loader: Iterable, mode: Aggregate = "abs_b
     try:
         for m in masks:
             m.requires_grad_(True)
-        for x, y in _batches(loader, device, max_batches):
-            gt, gs = torch.autograd.grad(F.cross_entropy(model(x), y), masks)
-            tok.append(gt.detach())
-            seg.append(gs.detach())
+        for batch in _batches(loader, device, max_batches):
+            gt, gs = _grads(model, batch, list(masks))
+            tok.append(gt)
+            seg.append(gs)
     finally:
         for m, w in zip(masks, was):
             m.requires_grad_(w)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..config import RunConfig
 from ..data import Splits, load_data, make_loader
 from ..errors import ConfigError
-from ..evaluation import evaluate, resolve_device
+from ..evaluation import evaluator, resolve_device
 from ..model import load_run
 from ..prompts.base import PromptedModel
 
@@ -25,16 +26,18 @@ class Source:
     batch_size: int
 
     def scoring_loader(self):
-        """Training images without augmentation, for importance scores."""
+        """Training images without augmentation, for importance scores (under torchrun: this rank's slices)."""
         self.splits.train.train = False
+        if distributed.active():
+            return distributed.ShardedBatches(self.splits.train, range(len(self.splits.train)), self.batch_size)
         return make_loader(self.splits.train, self.batch_size)
 
     def top1(self, model: PromptedModel) -> dict[str, float | None]:
         model.to(self.device)
-        val = evaluate(model, make_loader(self.splits.val, self.batch_size), self.device)["top1"]
+        val = evaluator(self.splits.val, self.batch_size, self.device)(model)["top1"]
         test = None
         if self.splits.test is not None:
-            test = evaluate(model, make_loader(self.splits.test, self.batch_size), self.device)["top1"]
+            test = evaluator(self.splits.test, self.batch_size, self.device)(model)["top1"]
         return {"val": val, "test": test}
 
 
