@@ -146,7 +146,7 @@ class TrainConfig:
         default="trunc_normal", metadata={"help": "new head init; vpt = kaiming-normal(fan_out), bias -log(99)"})
     track: list[Literal["tensorboard", "mlflow"]] = field(default_factory=list, metadata={
         "help": "experiment trackers that get a copy of the scalars, hyper-parameters and final metrics: "
-                "tensorboard (RUN/tb/), mlflow (file:RUN/mlruns unless MLFLOW_TRACKING_URI is set); none by default"})
+                "tensorboard (RUN/tb/), mlflow (sqlite:///RUN/mlflow.db unless MLFLOW_TRACKING_URI is set); none by default"})
 
     def __post_init__(self):
         check(self.epochs >= 0, "epochs must be >= 0")

@@ -1,5 +1,5 @@
 """Experiment tracking (`train.track`): scalars per step and per epoch, the flattened config as hyper-parameters and
-the final metrics, sent to TensorBoard (RUN/tb/) or MLflow (`file:RUN/mlruns` unless MLFLOW_TRACKING_URI is set).
+the final metrics, sent to TensorBoard (RUN/tb/) or MLflow (`sqlite:///RUN/mlflow.db` unless MLFLOW_TRACKING_URI is set).
 
 The run directory stays the source of truth; trackers are copies for browsing. Only rank 0 tracks. Backends are
 imported when a run starts, never by `import edgevp`; a missing one is one line (exit 4) before training starts.
@@ -110,7 +110,9 @@ class MLflowTracker(Tracker):
     def start(self, run_dir: Path, params: dict[str, Any], step: int) -> None:
         import mlflow
 
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"file:{(run_dir / 'mlruns').resolve()}")
+        # MLflow 3 refuses its file store by default; a SQLite file in the run directory needs no server
+        default = f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or default)
         id_file = run_dir / "mlflow_run_id"
         run_id = id_file.read_text().strip() if step and id_file.is_file() else None
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_dir.name)

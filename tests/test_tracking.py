@@ -34,6 +34,24 @@ def test_tensorboard_scalars_equal_the_metrics_file(tmp_path):
     assert "config/text_summary" in events.Tags()["tensors"]  # the flattened config as text
 
 
+def test_mlflow_metrics_equal_the_metrics_file(tmp_path, monkeypatch):
+    """Runs where mlflow is installed (not in CI: `pip install 'edgevp[track-mlflow]'`): the default store is a
+    SQLite file in the run directory (MLflow 3 refuses its file store), and its metrics equal metrics.jsonl."""
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = tiny_config("linear", train={"track": ["mlflow"]})
+    result = fit(cfg, out=tmp_path / "run")
+    run = tmp_path / "run"
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    run_id = (run / "mlflow_run_id").read_text().strip()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for key in ("val_top1", "train_loss"):
+        got = [h.value for h in sorted(client.get_metric_history(run_id, f"epoch_{key}"), key=lambda h: h.step)]
+        assert got == pytest.approx([m[key] for m in metrics], rel=1e-6), key
+    assert client.get_run(run_id).data.metrics["final_best_val_top1"] == pytest.approx(result.best_val_top1)
+    assert client.get_run(run_id).data.params["train.lr"] == str(cfg.train.lr)
+
+
 def test_a_missing_tracker_is_one_line_before_training(tmp_path, monkeypatch):
     monkeypatch.setattr("edgevp.tracking.installed", lambda module: module != "mlflow")  # wherever it is installed
     with pytest.raises(MissingError, match=r"pip install 'edgevp\[track-mlflow\]'"):
