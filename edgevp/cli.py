@@ -428,9 +428,10 @@ def export_(
     int8_mode: Annotated[str, typer.Option(help="ort-int8: static (QDQ, calibrated) | dynamic")] = "static",
     calib_method: Annotated[str, typer.Option(help="static int8 activation ranges: minmax | percentile | entropy")]
     = "minmax",
-    int8_ops: Annotated[str, typer.Option(help="static int8: all (ONNX Runtime's op set) | matmul (MatMul/Gemm/Conv "
-                                               "only)")] = "all",
-    gate_images: Annotated[int, typer.Option(help="validation images for the parity and accuracy gates")] = 64,
+    int8_ops: Annotated[str, typer.Option(help="static int8: matmul (MatMul/Gemm/Conv only) | all (ONNX Runtime's "
+                                               "op set: also norms, Softmax, Add; less accurate on ViTs)")] = "matmul",
+    gate_images: Annotated[int, typer.Option(help="validation images for the parity and accuracy gates (at most "
+                                                  "the split)")] = 256,
     trt_dynamic_batch: Annotated[bool, typer.Option(help="TensorRT: a dynamic batch profile (1..--trt-max-batch) "
                                                          "instead of a fixed batch-1 engine")] = False,
     trt_max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the dynamic profile")] = 8,

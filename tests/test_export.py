@@ -148,20 +148,20 @@ def test_ort_fp16_and_int8_report_accuracy(runs, tmp_path):
         assert op in {n.op_type for n in nodes}
         if mode == "static":
             static_quantize_nodes = sum(n.op_type == "QuantizeLinear" for n in nodes)
-            assert "LayerNormalization" in {n.op_type for n in nodes if any(
-                i.endswith("_DequantizeLinear_Output") for i in n.input)}  # the default quantises norm inputs too
+            consumers = {n.op_type for n in nodes if any(i.endswith("_DequantizeLinear_Output") for i in n.input)}
+            assert {"MatMul", "Gemm"} <= consumers and "LayerNormalization" not in consumers  # default: matmul
     assert json.loads((tmp_path / "model.int8.json").read_text())["int8"]["mode"] == "dynamic"
-    r = runner.invoke(app, ["export", str(runs["vpt"]), "--target", "ort-int8", "-o", str(tmp_path / "mm"),
-                            "--calib-method", "percentile", "--int8-ops", "matmul", "--max-drop", "100",
+    r = runner.invoke(app, ["export", str(runs["vpt"]), "--target", "ort-int8", "-o", str(tmp_path / "all"),
+                            "--calib-method", "percentile", "--int8-ops", "all", "--max-drop", "100",
                             "--gate-images", "16"])
     assert r.exit_code == 0, r.output
-    side = json.loads((tmp_path / "mm" / "model.int8.json").read_text())
-    assert side["int8"]["calib_method"] == "percentile" and side["int8"]["ops"] == "matmul"
+    side = json.loads((tmp_path / "all" / "model.int8.json").read_text())
+    assert side["int8"]["calib_method"] == "percentile" and side["int8"]["ops"] == "all"
     assert side["accuracy_vs_fp32"]["images"] == 16
-    nodes = onnx.load(str(tmp_path / "mm" / "model.int8.onnx")).graph.node
+    nodes = onnx.load(str(tmp_path / "all" / "model.int8.onnx")).graph.node
     consumers = {n.op_type for n in nodes if any(i.endswith("_DequantizeLinear_Output") for i in n.input)}
-    assert {"MatMul", "Gemm"} <= consumers and "LayerNormalization" not in consumers  # norms stay float
-    assert sum(n.op_type == "QuantizeLinear" for n in nodes) < static_quantize_nodes
+    assert "LayerNormalization" in consumers  # ORT's full op set quantises norm inputs too
+    assert sum(n.op_type == "QuantizeLinear" for n in nodes) > static_quantize_nodes
     r = runner.invoke(app, ["export", str(runs["vpt"]), "--target", "ort-int8", "--calib-method", "kl"])
     assert r.exit_code == 2 and "--calib-method" in r.output
 
@@ -219,6 +219,24 @@ def test_trt_without_tensorrt_writes_the_bundle_and_exits_4(runs, tmp_path, monk
     assert side["status"] == "missing" and side["engine"] is None
     meta = json.loads((bundle / "model.json").read_text())  # the engine's sidecar-to-be, with the ONNX hash
     assert meta["onnx"] == "model.fp16.onnx" and len(meta["onnx_sha256"]) == 64 and "tensorrt_version" not in meta
+
+
+def test_trt_int8_bundle_is_explicit_qdq_with_its_ranges(runs, tmp_path, monkeypatch):
+    import onnx
+
+    from edgevp.export.ort import RANGES_FILE
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    r = runner.invoke(app, ["export", str(runs["vpt"]), "--target", "trt-int8", "-o", str(tmp_path), "--max-drop",
+                            "100"])
+    assert r.exit_code == 4, r.output
+    bundle = tmp_path / "trt-int8"
+    assert {"model.int8.onnx", RANGES_FILE, "model_fp32.onnx", "build_engine.sh"} <= {p.name for p in bundle.iterdir()}
+    ops = {n.op_type for n in onnx.load(str(bundle / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert RANGES_FILE in (bundle / "README.md").read_text() and "--stronglyTyped" in (bundle / "build_engine.sh").read_text()
+    side = json.loads((tmp_path / "trt-int8.json").read_text())
+    assert side["int8"]["ops"] == "matmul" and side["int8"]["calib_method"] == "minmax"
 
 
 @pytest.mark.parametrize("major, flag", [("10", "--stronglyTyped"), ("11", None)])

@@ -113,6 +113,12 @@ echo "engine: $(pwd)/$ENGINE (compare its outputs with reference_output.npy on r
 echo "        accuracy on the bundled test split: edgevp eval $ENGINE)"
 """
 
+INT8_NOTE = f"""- int8 is explicit: Q/DQ nodes in the ONNX carry the scales (TensorRT 10/11 build it strongly typed; no calibrator
+  or calibration cache is needed on the device: implicit calibration is deprecated in TensorRT 10, gone in 11).
+  `{RANGES_FILE}`: the activation ranges the scales came from (ONNX Runtime calibration cache), to re-quantise
+  a new fp32 export exactly: `edgevp.export.ort.to_int8(fp32, out, None, ranges=...)`.
+"""
+
 README = """# TensorRT device bundle ({precision})
 
 Built by edgevp {version} from run `{run}` ({method} on {backbone}).
@@ -120,7 +126,7 @@ Built by edgevp {version} from run `{run}` ({method} on {backbone}).
 - `{onnx}`: the precision-explicit ONNX (input `{input}` {shape} float32 RGB, output `{output}` logits over
   {classes} classes); sha256 {sha}. Preprocessing: resize ({resize}) to {h}x{w}, scale pixels by 1/255,
   {norm}.
-- `labels.txt`: one class per line (jetson-inference `--labels`, Triton). `model.json`: tensor names, shapes,
+{int8}- `labels.txt`: one class per line (jetson-inference `--labels`, Triton). `model.json`: tensor names, shapes,
   preprocessing, class names, the source run.
 - `test.npz`: {test} test images already resized for this model, with labels: `edgevp eval model.<...>.engine`
   gives the engine's own top-1/top-5 and confusion matrix (compare with the run's PyTorch test top-1).
@@ -303,7 +309,8 @@ def write_bundle(ctx, precision: str, result: dict) -> tuple[Path, str]:
         classes=len(classes), resize=data.get("resize", "direct"), h=chw[1], w=chw[2],
         norm="normalisation inside the model" if data.get("include_preprocess", True) else
         f"then (x - mean) / std with mean {data['mean']} and std {data['std']}", test=test.get("images", 0),
-        sha=sha256(bundle / onnx_name), n=n, model=model, scale=scale, offsets=offsets))
+        sha=sha256(bundle / onnx_name), n=n, model=model, scale=scale, offsets=offsets,
+        int8=INT8_NOTE if precision == "int8" else ""))
     return bundle, onnx_name
 
 
