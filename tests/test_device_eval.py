@@ -343,3 +343,26 @@ def test_eval_and_predict_without_torch(run, digits_folder, no_torch_env, tmp_pa
     assert json.loads(r.stdout)["images"] == 4
     r = subprocess.run([sys.executable, "-c", "import torch"], env=no_torch_env, capture_output=True, text=True)
     assert r.returncode == 1
+
+
+def test_the_artifact_carries_the_run_s_own_crop_pct(tmp_path):
+    """A recipe's data.crop_pct overrides the backbone's; the exported metadata (what the device resizes by) says
+    the recipe's value, and the device-side centre crop of an image equals the training transform's."""
+    import torch
+    from PIL import Image
+
+    from edgevp.data import ImageTransform
+    from edgevp.device.artifact import open_artifact
+
+    cfg = tiny_config("linear", data={"resize": "timm", "crop_pct": 0.8}, train={"epochs": 0})
+    fit(cfg, out=tmp_path / "run")
+    export_run(tmp_path / "run", ExportOptions(target="onnx", out=tmp_path / "export", test_images=0,
+                                               gate_images=8))
+    pre = open_artifact(tmp_path / "export" / "model.onnx").pre
+    assert pre.crop_pct == 0.8 and pre.resize == "timm"
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 60, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "img.png")
+    device = pre.image(tmp_path / "img.png")
+    train = ImageTransform(size=32, interpolation=pre.interpolation, resize="timm", crop_pct=0.8)(
+        torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0)
+    assert device.shape == tuple(train.shape) and np.abs(device - train.numpy()).mean() < 0.02

@@ -128,7 +128,8 @@ def metadata(ctx, produced: dict) -> dict[str, str]:
             "include_preprocess": ctx.opts.include_preprocess, "input_range": "[0, 1]" if
             ctx.opts.include_preprocess else "normalised with mean/std", "timm_data_config": info.data_config,
             # how the run resized its images: what `edgevp eval` / `predict` redo in numpy/Pillow on the device
-            "resize": ctx.cfg.data.resize, "interpolation": info.interpolation, "crop_pct": info.crop_pct}
+            "resize": ctx.cfg.data.resize, "interpolation": info.interpolation,
+            "crop_pct": ctx.cfg.data.crop_pct or info.crop_pct}  # as data.backbone_transform resized
     versions = package_versions(("torch", "timm", "onnx", "onnxruntime", "onnxsim"))
     return {"edgevp_version": __version__, "versions": json.dumps(versions), "method": ctx.cfg.method,
             "backbone": ctx.cfg.backbone.name, "class_names": json.dumps(ctx.classes()),
