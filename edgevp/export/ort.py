@@ -72,11 +72,12 @@ def calibrate(model, calib: np.ndarray, method: str, ranges_path, op_types: list
         save_tensors_data(calibrator.compute_data(), ranges_path)
 
 
-def to_int8(src, dst, calib: np.ndarray, mode: str = "static", method: str = "percentile", ops: str = "matmul",
+def to_int8(src, dst, calib: np.ndarray | None, mode: str = "static", method: str = "minmax", ops: str = "matmul",
             ranges=None) -> None:
     """int8 ONNX: static QDQ (activation ranges from `calib` by `method`, saved to `ranges` when given;
     `ops="matmul"` quantises only MatMul/Gemm/Conv, `"all"` ORT's default op set) or dynamic (weights only).
-    An existing `ranges` file is reused as it is (the same calibration for another op set)."""
+    An existing `ranges` file is reused as it is (no calibration images needed); it must hold the tensors `ops`
+    quantises (ranges calibrated for `"all"` serve `"matmul"` too)."""
     import inspect
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -150,24 +151,22 @@ def build_int8(ctx) -> dict:
     result = build_fp32(ctx)
     if result["status"] != "ok":
         return result
-    calib = None
-    if ctx.opts.int8_mode == "static":
-        calib = ctx.deploy_input(ctx.images("train", ctx.opts.calib_images)[0])
-    ranges = ctx.work / RANGES_FILE if calib is not None else None
-    to_int8(ctx.work / "model.onnx", ctx.work / "model.int8.onnx", calib, ctx.opts.int8_mode, ctx.opts.calib_method,
-            ctx.opts.int8_ops, ranges=ranges)
-    result["int8"] = int8_record(ctx, calib)
+    return {**gated_int8(ctx, result, ctx.opts.int8_mode), "sidecar": "model.int8.json"}
+
+
+def gated_int8(ctx, result: dict, mode: str) -> dict:
+    """`model.int8.onnx` from the staged fp32 `model.onnx` (static: ranges from the first training images, shipped as
+    RANGES_FILE; dynamic: weights only), described under `result["int8"]` and gated against fp32 on the val images."""
+    static = mode == "static"
+    calib = ctx.deploy_input(ctx.images("train", ctx.opts.calib_images)[0]) if static else None
+    to_int8(ctx.work / "model.onnx", ctx.work / "model.int8.onnx", calib, mode, ctx.opts.calib_method,
+            ctx.opts.int8_ops, ranges=ctx.work / RANGES_FILE if static else None)
+    result["int8"] = {"mode": mode, "format": "QDQ" if static else "dynamic",
+                      "calib_method": ctx.opts.calib_method if static else None,
+                      "calibrator": dict(CALIBRATION[ctx.opts.calib_method][1]) if static else None,
+                      "ops": ctx.opts.int8_ops, "calibration_images": 0 if calib is None else len(calib),
+                      "ranges": RANGES_FILE if static else None}
     result = _accuracy_gate(ctx, "model.int8.onnx", result)
-    if ranges is not None:
+    if static:
         result["files"].append(RANGES_FILE)
-    return {**result, "sidecar": "model.int8.json"}
-
-
-def int8_record(ctx, calib) -> dict:
-    """What the sidecar says about an int8 artifact: mode, format, calibration and the op set."""
-    static = calib is not None
-    return {"mode": ctx.opts.int8_mode, "format": "QDQ" if static else "dynamic",
-            "calib_method": ctx.opts.calib_method if static else None,
-            "calibrator": dict(CALIBRATION[ctx.opts.calib_method][1]) if static else None,
-            "ops": ctx.opts.int8_ops, "calibration_images": 0 if calib is None else len(calib),
-            "ranges": RANGES_FILE if static else None}
+    return result

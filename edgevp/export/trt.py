@@ -21,7 +21,7 @@ from ..errors import MissingError, VerificationError
 from ..io import sha256_file as sha256, write_json
 from ..optional import require
 from .onnx import INPUT, build_fp32
-from .ort import RANGES_FILE, _accuracy_gate, gate_vs_fp32, int8_record, to_fp16, to_int8
+from .ort import RANGES_FILE, _accuracy_gate, gate_vs_fp32, gated_int8, to_fp16
 from .targets import register_target
 
 WORKSPACE = 1 << 30  # 1 GiB: memory is shared with the CPU on 8 GB Jetsons
@@ -322,12 +322,7 @@ def build_trt(ctx, precision: str) -> dict:
         to_fp16(ctx.work / "model.onnx", ctx.work / "model.fp16.onnx")
         result = _accuracy_gate(ctx, "model.fp16.onnx", result)
     elif result["status"] == "ok" and precision == "int8":
-        calib = ctx.deploy_input(ctx.images("train", ctx.opts.calib_images)[0])
-        to_int8(ctx.work / "model.onnx", ctx.work / "model.int8.onnx", calib, "static", ctx.opts.calib_method,
-                ctx.opts.int8_ops, ranges=ctx.work / RANGES_FILE)
-        result["int8"] = int8_record(ctx, calib)
-        result = _accuracy_gate(ctx, "model.int8.onnx", result)
-        result["files"].append(RANGES_FILE)
+        result = gated_int8(ctx, result, "static")  # TensorRT takes explicit Q/DQ only
     bundle, onnx_name = write_bundle(ctx, precision, result)
     result.pop("sha256", None)
     result.update(files=[bundle.name], sidecar=f"trt-{precision}.json", bundle=bundle.name, precision=precision)
