@@ -46,6 +46,14 @@ class FoldedPrompts:
     label_map: torch.Tensor | None = None
 
 
+def square_side(info: BackboneInfo, method: str) -> int:
+    """The side of the backbone's square input; a pixel prompt of `method` is refused on another shape (exit 2)."""
+    _, h, w = info.input_size
+    if h != w:
+        raise ConfigError(f"{method} needs a square input, the backbone takes {h}x{w}")
+    return h
+
+
 class PromptMethod(nn.Module):
     """Owns the prompt tensors of one method and knows how to attach them to a backbone.
 

@@ -18,7 +18,7 @@ from ..backbone import BackboneInfo
 from .configs import LoRVPConfig
 from ..errors import ConfigError
 from ..registry import register_method
-from .base import FoldedPrompts, PromptedModel, PromptMethod
+from .base import FoldedPrompts, PromptedModel, PromptMethod, square_side
 
 
 def greedy_label_mapping(counts: torch.Tensor) -> torch.Tensor:
@@ -48,10 +48,7 @@ class LoRVP(PromptMethod):
 
     def __init__(self, config: LoRVPConfig, info: BackboneInfo):
         super().__init__(config, info)
-        _, h, w = info.input_size
-        if h != w:
-            raise ConfigError(f"LoR-VP needs a square input, the backbone takes {h}x{w}")
-        self.size = h
+        self.size = h = square_side(info, "LoR-VP")
         self.B = nn.Parameter(torch.zeros(3, h, config.rank))
         self.A = nn.Parameter(torch.randn(3, config.rank, h) * config.init_std)
         self.register_buffer("label_map", torch.empty(0, dtype=torch.long))

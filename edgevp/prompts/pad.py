@@ -18,7 +18,7 @@ from torch import nn
 from ..backbone import BackboneInfo
 from ..errors import ConfigError
 from ..registry import register_method
-from .base import FoldedPrompts, PromptMethod
+from .base import FoldedPrompts, PromptMethod, square_side
 from .configs import PadConfig
 
 
@@ -30,10 +30,7 @@ class PadPrompt(PromptMethod):
 
     def __init__(self, config: PadConfig, info: BackboneInfo):
         super().__init__(config, info)
-        _, h, w = info.input_size
-        p = config.size
-        if h != w:
-            raise ConfigError(f"the pad prompt needs a square input, the backbone takes {h}x{w}")
+        h, p = square_side(info, "the pad prompt"), config.size
         if 2 * p >= h:
             raise ConfigError(f"prompt.size={p} leaves no image: the border must be narrower than half the "
                               f"{h}x{h} input", f"use prompt.size <= {(h - 1) // 2}")
