@@ -16,11 +16,12 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from .config import DATASETS  # noqa: F401 (what `edgevp list datasets` prints; torch-free)
-from .errors import EXIT_CODES, EXIT_FAILURE, EdgevpError
+from .errors import EXIT_CODES, EXIT_FAILURE, EXIT_USAGE, EdgevpError
+from .io import DISK_FULL, cannot_write
 
 EPILOG = "Exit codes: " + " · ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
-                  rich_markup_mode="markdown", epilog=EPILOG,
+                  rich_markup_mode="rich", epilog=EPILOG,  # markdown would eat <placeholders>
                   help="Visual prompts for frozen timm backbones: train, condense, export and profile for edge GPUs.")
 _state = {"verbose": False, "quiet": False}
 
@@ -36,7 +37,9 @@ def handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            sys.stdout.flush()  # a full disk under a redirected stdout fails here, inside the handlers below
+            return result
         except typer.Exit:
             raise
         except EdgevpError as e:
@@ -53,12 +56,24 @@ def handle_errors(fn: Callable) -> Callable:
             if _state["verbose"]:
                 traceback.print_exc()
             _fail(f"this command needs '{e.name}', which is not installed ({install_hint(e.name or '?')})", 4)
-        except Exception as e:  # an internal error: keep it to one line unless asked
+        except OSError as e:  # a full disk under a write no library code wraps (stdout): still one sentence
+            if e.errno not in DISK_FULL:
+                _internal(e)
             if _state["verbose"]:
                 traceback.print_exc()
-            _fail(f"{type(e).__name__}: {e} (rerun with -v for the traceback)", EXIT_FAILURE)
+            _fail(cannot_write(e.filename, e).line() if e.filename else
+                  f"cannot write the output: {e.strerror} (free space on that disk, or write elsewhere)", EXIT_USAGE)
+        except Exception as e:  # an internal error: keep it to one line unless asked
+            _internal(e)
 
     return wrapper
+
+
+def _internal(e: Exception) -> None:
+    """An unexpected error: one line, the traceback only with -v."""
+    if _state["verbose"]:
+        traceback.print_exc()
+    _fail(f"{type(e).__name__}: {e} (rerun with -v for the traceback)", EXIT_FAILURE)
 
 
 def _version(value: bool) -> None:
@@ -100,7 +115,16 @@ def train(
         help="data-parallel processes on this machine (runs torchrun; data.batch_size stays the global batch); "
              "for several machines run `torchrun ... -m edgevp train` yourself (README: Scale out)")] = None,
 ) -> None:
-    """Train a prompt method (+ head) on a frozen backbone from a YAML recipe."""
+    """Train a prompt method (+ head) on a frozen backbone from a YAML recipe.
+
+    Everything that needs no data (recipe keys and ranges, backbone, weights, method on that backbone, run directory)
+    is checked before any image is read.
+
+    Exit codes: 2 a bad recipe or value (train.epochs=0 included), a run directory that cannot be written (a full
+    disk: every file stays whole, resume after freeing space) · 4 weights or a GPU missing · 5 dataset missing or
+    unreadable, a class folder linked to another · 6 a run directory that exists, a resume on changed data ·
+    7 diverged · 8 another process writes the run · 130 interrupted.
+    """
     from .config import load_yaml, run_config_to_yaml
     from .recipe import build_run_config
     from .console import Reporter
@@ -338,7 +362,11 @@ def report(
              "comes first (repeatable)")] = [],  # noqa: B006
 ) -> None:
     """A summary across runs: table, accuracy-vs-cost Pareto plot, keep heatmaps, training curves, markdown; a pack
-    directory gets one row per task plus its shared cost."""
+    directory gets one row per task plus its shared cost.
+
+    Exit codes: 2 an output directory that cannot be written (no permission, a full disk: no report file is left
+    half-written) · 6 not a run, pack or sweep directory, an unreadable profile.json.
+    """
     from .report import report_inputs, table, write_report
 
     # shell globs over a demo directory also match its summary files: keep the run (and pack) directories
@@ -404,6 +432,11 @@ def demo(
              pack=pack)
 
 
+PLATFORM_HELP = ("the TensorRT platforms the artifact must import on: all (every supported one) | jp5.1 (TensorRT 8.5) | "
+                 "jp6.0 (8.6) | jp6.1, jp6.2 (10.3) | trt10 (desktop 10.x) | a TensorRT version")
+OPSET_HELP = "ONNX opset, 17 or 18 (default: the newest every --platform imports: 17 for all, JetPack 5.1 and 6.0)"
+
+
 @app.command("export", epilog="Examples: `edgevp export runs/vpt` · `edgevp export runs/vpt --target ort-fp16` · "
                               "`edgevp export runs/lorvp --target trt-fp16 --opset 17` (without TensorRT: writes the "
                               "device bundle, exit 4)")
@@ -412,7 +445,8 @@ def export_(
     run: Annotated[Path, typer.Argument(help="trained (or condensed) run directory")],
     target: Annotated[str, typer.Option(help="onnx | ort-fp16 | ort-int8 | trt-fp32 | trt-fp16 | trt-int8 "
                                              "(the export target registry)")] = "onnx",
-    opset: Annotated[int, typer.Option(help="ONNX opset: 18, or 17 for older TensorRT")] = 18,
+    platform: Annotated[str, typer.Option(help=PLATFORM_HELP)] = "all",
+    opset: Annotated[Optional[int], typer.Option(help=OPSET_HELP)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output directory (default: RUN/export)")]
     = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static", help="free batch axis in the ONNX")]
@@ -450,7 +484,7 @@ def export_(
     from .export.pipeline import ExportOptions, export_run
 
     sidecar = export_run(run, ExportOptions(
-        target=target, opset=opset, out=out, dynamic_batch=dynamic_batch, include_preprocess=include_preprocess,
+        target=target, platform=platform, opset=opset, out=out, dynamic_batch=dynamic_batch, include_preprocess=include_preprocess,
         exporter=exporter, simplify=simplify, checkpoint=checkpoint, atol=atol, max_drop=max_drop,
         int8_mode=int8_mode, calib_method=calib_method, int8_ops=int8_ops, gate_images=gate_images,
         trt_dynamic_batch=trt_dynamic_batch, trt_max_batch=trt_max_batch, with_references=with_references,
@@ -476,7 +510,8 @@ def pack(
     include_preprocess: Annotated[bool, typer.Option("--include-preprocess/--no-preprocess",
                                                      help="the graph takes [0,1] images (normalisation inside)")]
     = True,
-    opset: Annotated[int, typer.Option(help="ONNX opset: 18, or 17 for older TensorRT")] = 18,
+    platform: Annotated[str, typer.Option(help=PLATFORM_HELP)] = "all",
+    opset: Annotated[Optional[int], typer.Option(help=OPSET_HELP)] = None,
     checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
     gate_images: Annotated[int, typer.Option(help="validation images per task for the exactness gate")] = 32,
     atol: Annotated[float, typer.Option(help="max abs logit difference, pack vs each run's own export")] = 1e-4,
@@ -502,7 +537,7 @@ def pack(
         _fail("give the pack's output directory: --out DIR", 2)
 
     opts = PackOptions(target=target, tables_as_inputs=tables_as_inputs, include_preprocess=include_preprocess,
-                       opset=opset, checkpoint=checkpoint, gate_images=gate_images, atol=atol, max_drop=max_drop,
+                       platform=platform, opset=opset, checkpoint=checkpoint, gate_images=gate_images, atol=atol, max_drop=max_drop,
                        trt_max_batch=trt_max_batch, max_tasks=max_tasks, kv_capacity=kv_capacity,
                        update_tables=update_tables)
     side = pack_runs(runs or [], out, opts)
@@ -551,12 +586,14 @@ def eval_(
     matrix, compared with the run's PyTorch test top-1 when the run is found (ARTIFACT under RUN/export).
 
     Preprocessing comes from the artifact's own metadata (input size, resize policy, normalisation inside or not).
-    The dataset's classes must be classes of the artifact (matched by name).
+    The dataset's classes must be classes of the artifact (matched by name). An image that cannot be decoded, or
+    has more than 178,956,970 pixels (Pillow's decompression-bomb limit), is skipped with a warning.
 
-    Exit codes: 2 a foreign model without --size/--mean/--std, --task out of range or on a single-task model ·
-    4 ONNX Runtime / TensorRT missing · 5 dataset missing or unreadable, classes that do not match, an unreadable
-    image with --strict · 6 artifact missing or unreadable, an engine built for another TensorRT / GPU (rebuild it
-    with the bundle's build_engine.sh).
+    Exit codes: 2 a foreign model without --size/--mean/--std, --task out of range or on a single-task model, an
+    output that cannot be written (no permission, a full disk: nothing is left half-written) · 4 ONNX Runtime /
+    TensorRT missing · 5 dataset missing or unreadable, classes that do not match, an unreadable image with
+    --strict · 6 artifact missing or unreadable (a truncated test.npz), an engine built for another TensorRT / GPU
+    (rebuild it with the bundle's build_engine.sh).
     """
     import json as _json
 
@@ -589,12 +626,14 @@ def predict(
 ) -> None:
     """Top-k labels with softmax probabilities per image, on the device (no PyTorch).
 
-    An image that cannot be decoded is skipped: one warning line on stderr, counted in the summary (exit 0); with
-    --strict the first one stops the command with exit 5.
+    An image that cannot be decoded, or has more than 178,956,970 pixels (Pillow's decompression-bomb limit), is
+    skipped: one warning line on stderr, counted in the summary (exit 0); with --strict the first one stops the
+    command with exit 5.
 
-    Exit codes: 2 bad option, --task out of range, a foreign model without --size/--mean/--std · 4 ONNX Runtime /
-    TensorRT missing · 5 an image path that does not exist, no images, an undecodable image with --strict ·
-    6 artifact missing or unreadable, an engine built for another TensorRT / GPU.
+    Exit codes: 2 bad option, --task out of range, a foreign model without --size/--mean/--std, an output that
+    cannot be written (a full disk) · 4 ONNX Runtime / TensorRT missing · 5 an image path that does not exist, no
+    images, an undecodable image with --strict · 6 artifact missing or unreadable, an engine built for another
+    TensorRT / GPU.
     """
     from .device import predict as P
     from .device.commands import run_predict

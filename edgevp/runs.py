@@ -174,25 +174,8 @@ def writer_lock(path: str | Path, create: bool = True) -> Iterator[Path]:
     `path/.edgevp.lock`, so it dies with its process (kill -9 leaves no stale lock). An output that cannot be created
     or written is exit 2.
     """
-    import fcntl
-
     path = Path(path)
-    try:
-        if create:
-            path.mkdir(parents=True, exist_ok=True)
-        handle = open(path / LOCK_NAME, "a+")
-    except FileNotFoundError:
-        raise IncompatibleError(f"'{path}' does not exist") from None
-    except OSError as e:
-        raise ConfigError(f"cannot write to '{path}': {e.strerror or e}", "choose a writable directory") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip()
-        handle.close()
-        raise BusyError(f"'{path}' is being written by another edgevp process{f' ({holder})' if holder else ''}",
-                        "wait for it to finish, or choose another directory") from None
+    handle = _acquire(path, create)
     try:
         handle.seek(0)
         handle.truncate()
@@ -201,8 +184,39 @@ def writer_lock(path: str | Path, create: bool = True) -> Iterator[Path]:
         _remove_stale_temporaries(path)
         yield path
     finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        with contextlib.suppress(OSError):  # a finished directory keeps no lock file; removed while still held
+            (path / LOCK_NAME).unlink()
+        handle.close()  # releases the flock
+
+
+def _acquire(path: Path, create: bool):
+    """An open, flock-ed `path/.edgevp.lock`. The file is removed when its holder finishes, so a lock taken on a file
+    that was unlinked meanwhile is retried on the new one."""
+    import fcntl
+
+    while True:
+        try:
+            if create:
+                path.mkdir(parents=True, exist_ok=True)
+            handle = open(path / LOCK_NAME, "a+")
+        except FileNotFoundError:
+            raise IncompatibleError(f"'{path}' does not exist") from None
+        except OSError as e:
+            raise ConfigError(f"cannot write to '{path}': {e.strerror or e}", "choose a writable directory") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise BusyError(f"'{path}' is being written by another edgevp process{f' ({holder})' if holder else ''}",
+                            "wait for it to finish, or choose another directory") from None
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(path / LOCK_NAME).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # the previous holder removed this file after we opened it: lock the current one
 
 
 def _remove_stale_temporaries(path: Path) -> None:

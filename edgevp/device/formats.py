@@ -63,54 +63,92 @@ def nvinfer_scale(data: dict) -> tuple[float, list[float], bool]:
     return 1 / (255 * s), [255 * m for m in mean], max(std) - min(std) < 1e-9
 
 
-def nvinfer_config(*, onnx: str, engine: str, labels: str, chw: list[int], batch: int, precision: str, data: dict,
-                   output: str) -> str:
-    """A Gst-nvinfer `[property]` config for a primary classifier; paths are relative to the config's folder."""
-    scale, offsets, exact = nvinfer_scale(data)
+def nvinfer_scale_error(data: dict) -> float:
+    """The largest error, in normalised units, of nvinfer's one scalar scale against the per-channel std: over pixels
+    x in [0, 1], |x - m_c| * |1/s - 1/s_c| peaks at max(m_c, 1 - m_c) * |1/s - 1/s_c| (0 when exact)."""
+    scale, _, exact = nvinfer_scale(data)
+    if exact:
+        return 0.0
+    s = 1 / (255 * scale)
+    return max(max(m, 1 - m) * abs(1 / s - 1 / sc) for m, sc in zip(map(float, data["mean"]), map(float, data["std"])))
+
+
+# nvinfer scaling-filter (NvBufSurfTransform_Inter, nvbufsurftransform.h): unset is Default = nearest
+SCALING_FILTER = {"nearest": 0, "bilinear": 1, "bicubic": 2}  # 2: GPU cubic / VIC 5-tap
+
+
+def deepstream_fidelity(data: dict) -> dict:
+    """How exactly nvinfer's preprocessing reproduces training's, and what differs."""
+    interp = data.get("interpolation", "bicubic")
+    differs = []
+    if interp not in SCALING_FILTER:
+        differs.append(f"training interpolation '{interp}' has no nvinfer filter; bicubic (scaling-filter=2) used")
+    if data.get("resize", "direct") != "direct":
+        differs.append(f"training resized the shorter side to size/crop_pct ({data.get('crop_pct')}) and centre-"
+                       "cropped; nvinfer has no centre crop: it letterboxes the whole frame (maintain-aspect-ratio=1, "
+                       "symmetric-padding=1). Crop the ROI upstream (nvdspreprocess or nvvideoconvert src-crop) to "
+                       "match, or train with data.resize=direct")
+    error = nvinfer_scale_error(data)
+    if error:
+        differs.append(f"per-channel std differs and nvinfer has one scale: up to {error:.3g} error in normalised "
+                       "units (export with --include-preprocess for an exact config)")
+    return {"exact": not differs, "scaling_filter": SCALING_FILTER.get(interp, 2), "scale_error": error,
+            "differences": differs}
+
+
+def nvinfer_config(*, onnx: str | None, engine: str, labels: str, chw: list[int], batch: int, precision: str,
+                   data: dict, output: str) -> str:
+    """A Gst-nvinfer `[property]` config for a primary classifier on the model's `probs` (Softmax) output; paths are
+    relative to the config's folder. `onnx` None (int8): nvinfer may only load the engine build_engine.sh made,
+    since its own onnx-file build without a calibration file silently builds FP16."""
+    scale, offsets, _ = nvinfer_scale(data)
+    fidelity = deepstream_fidelity(data)
     resize = data.get("resize", "direct")
-    lines = [
-        "# Gst-nvinfer config written by edgevp: a primary classifier on full frames.",
-        "# y = net-scale-factor * (x - offsets[c]) on 0..255 RGB pixels reproduces the model's preprocessing"
-        + ("" if exact else " APPROXIMATELY (per-channel std differs; nvinfer has one scale)") + ".",
-        "# The model outputs logits (no softmax): classifier-threshold is compared with a logit, so it is set far "
-        "below any logit to always report the arg-max class.",
-        "# build_engine.sh rewrites model-engine-file to the engine it builds for this TensorRT and GPU.",
-        "[property]",
-        "gpu-id=0",
-        f"net-scale-factor={scale!r}",
-        "offsets=" + ";".join(f"{o:g}" for o in offsets),
-        "model-color-format=0",
-        f"onnx-file={onnx}",
-        f"model-engine-file={engine}",
-        f"labelfile-path={labels}",
-        "infer-dims=" + ";".join(map(str, chw)),
-        "network-input-order=0",
-        f"batch-size={batch}",
-        f"network-mode={NETWORK_MODE[precision]}",
-        "network-type=1",
-        "process-mode=1",
-        "gie-unique-id=1",
-        f"output-blob-names={output}",
-        f"maintain-aspect-ratio={0 if resize == 'direct' else 1}",
-        "classifier-threshold=-1e30",
-        "",
-    ]
-    return "\n".join(lines)
+    notes = ["# Gst-nvinfer config written by edgevp: a primary classifier on full frames.",
+             "# y = net-scale-factor * (x - offsets[c]) on 0..255 RGB pixels is the model's preprocessing"
+             + (" exactly." if fidelity["exact"] else "; it DIFFERS from training:")]
+    notes += [f"#   - {d}" for d in fidelity["differences"]]
+    notes += [f"# The classifier reads `{output}` (a Softmax of the logits): nvinfer's built-in classifier parser "
+              "expects probabilities; classifier-threshold=0 reports the arg-max class of every frame (raise it to "
+              "drop uncertain ones).",
+              "# build_engine.sh rewrites model-engine-file to the engine it builds for this TensorRT and GPU."]
+    if onnx is None:
+        notes.append("# int8: no onnx-file on purpose; nvinfer's own build would silently be FP16 without a "
+                     "calibration file. Run build_engine.sh first.")
+    keys = [("gpu-id", 0), ("net-scale-factor", repr(scale)), ("offsets", ";".join(f"{o:g}" for o in offsets)),
+            ("model-color-format", 0), *([("onnx-file", onnx)] if onnx else []), ("model-engine-file", engine),
+            ("labelfile-path", labels), ("infer-dims", ";".join(map(str, chw))), ("network-input-order", 0),
+            ("batch-size", batch), ("network-mode", NETWORK_MODE[precision]), ("network-type", 1),
+            ("process-mode", 1), ("gie-unique-id", 1), ("output-blob-names", output),
+            ("maintain-aspect-ratio", 0 if resize == "direct" else 1),
+            *([] if resize == "direct" else [("symmetric-padding", 1)]),
+            ("scaling-filter", fidelity["scaling_filter"]), ("classifier-threshold", 0)]
+    return "\n".join([*notes, "[property]", *(f"{k}={v}" for k, v in keys), ""])
 
 
-def triton_config(*, name: str, platform: str, input_name: str, input_dtype: str, chw: list[int], output: str,
-                  num_classes: int, max_batch_size: int, label_file: str = "labels.txt") -> str:
-    """A Triton `config.pbtxt`. `max_batch_size` 0 (a fixed batch-1 engine): dims carry the batch axis."""
-    in_dims = list(chw) if max_batch_size > 0 else [1, *chw]
-    out_dims = [num_classes] if max_batch_size > 0 else [1, num_classes]
-    text = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size}",
-            "input [", "  {", f'    name: "{input_name}"', f"    data_type: {TRITON_DTYPE[input_dtype]}",
-            "    format: FORMAT_NCHW" if max_batch_size > 0 else "    format: FORMAT_NONE",
-            f"    dims: [ {', '.join(map(str, in_dims))} ]", "  }", "]",
-            "output [", "  {", f'    name: "{output}"', "    data_type: TYPE_FP32",
-            f"    dims: [ {', '.join(map(str, out_dims))} ]", f'    label_filename: "{label_file}"', "  }", "]",
-            "instance_group [", "  {", "    count: 1", "    kind: KIND_GPU" if platform == "tensorrt_plan" else
-            "    kind: KIND_AUTO", "  }", "]"]
+def triton_config(*, name: str, platform: str, inputs: list[tuple[str, str, list[int]]],
+                  outputs: list[tuple[str, list[int]]], max_batch_size: int, label_file: str = "labels.txt") -> str:
+    """A Triton `config.pbtxt`. `inputs`: (name, dtype, dims without the batch); `outputs`: (name, dims without the
+    batch), fp32 with the labels. `max_batch_size` 0 (a fixed batch-1 engine): dims carry the batch axis; above 1,
+    `dynamic_batching` lets the server batch requests (of different tasks, for a pack)."""
+    def dims(d: list[int]) -> str:
+        return ", ".join(map(str, d if max_batch_size > 0 else [1, *d]))
+
+    text = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size}", "input ["]
+    for i, (in_name, dtype, in_dims) in enumerate(inputs):
+        image = len(in_dims) == 3
+        fmt = "FORMAT_NCHW" if image and max_batch_size > 0 else "FORMAT_NONE"
+        # a per-sample scalar (a pack's `task`): Triton wants non-empty dims, so [1] reshaped to [] in the model
+        shape = [f"    dims: [ {dims(in_dims)} ]"] if in_dims or max_batch_size == 0 else \
+            ["    dims: [ 1 ]", "    reshape: { shape: [ ] }"]
+        text += ["  {", f'    name: "{in_name}"', f"    data_type: {TRITON_DTYPE[dtype]}", f"    format: {fmt}",
+                 *shape, "  }" + ("," if i < len(inputs) - 1 else "")]
+    text += ["]", "output ["]
+    for i, (out_name, out_dims) in enumerate(outputs):
+        text += ["  {", f'    name: "{out_name}"', "    data_type: TYPE_FP32", f"    dims: [ {dims(out_dims)} ]",
+                 f'    label_filename: "{label_file}"', "  }" + ("," if i < len(outputs) - 1 else "")]
+    text += ["]", "instance_group [", "  {", "    count: 1", "    kind: KIND_GPU" if platform == "tensorrt_plan" else
+             "    kind: KIND_AUTO", "  }", "]"]
     if max_batch_size > 1:
         text += ["dynamic_batching { }"]
     return "\n".join(text) + "\n"

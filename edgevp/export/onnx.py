@@ -9,15 +9,30 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..conformance.graph import for_tensorrt
 from ..errors import MissingError
 from .targets import register_target
 
 INPUT, OUTPUT = "input", "logits"
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """Silence the exporter's warnings, prints and log lines (at opset 17 torch logs that it exports 18 and
+    converts, and onnxscript that its converter falls back to onnx's): the gate checks what was written."""
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def export_onnx(module, path: Path, input_shape: tuple[int, ...], opset: int = 18, dynamic_batch: bool = True,
@@ -27,8 +42,7 @@ def export_onnx(module, path: Path, input_shape: tuple[int, ...], opset: int = 1
     import torch
 
     x = torch.rand(2 if dynamic_batch else 1, *input_shape)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with quiet_exporter(), torch.no_grad():
         if exporter == "dynamo":
             dyn = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
             torch.onnx.export(module, (x,), str(path), dynamo=True, opset_version=opset, input_names=[INPUT],
@@ -135,17 +149,20 @@ def metadata(ctx, produced: dict) -> dict[str, str]:
             "backbone": ctx.cfg.backbone.name, "class_names": json.dumps(ctx.classes()),
             "data_config": json.dumps(data, default=str), "source_run": ctx.run.path.name,
             "source_checkpoint_sha256": ctx.checkpoint_sha256,
-            "fold": json.dumps(ctx.fold.to_dict()), "exporter": produced["exporter"], "opset": str(produced["opset"])}
+            "fold": json.dumps(ctx.fold.to_dict()), "exporter": produced["exporter"], "opset": str(produced["opset"]),
+            "platform": ctx.opts.platform}
 
 
-def build_fp32(ctx, name: str = "model.onnx") -> dict:
-    """Export, check, simplify, stamp and parity-check the fp32 ONNX at `ctx.work / name`."""
+def build_fp32(ctx, name: str = "model.onnx", probabilities: bool = False) -> dict:
+    """Export, check, simplify, stamp and parity-check the fp32 ONNX at `ctx.work / name` (with a `probs` Softmax
+    output after the logits when `probabilities`)."""
     path = ctx.work / name
     opts = ctx.opts
     produced = export_onnx(ctx.deploy, path, tuple(ctx.model.info.input_size), opts.opset, opts.dynamic_batch,
                            opts.exporter)
     check(path)
     simp = simplify(path, opts.simplify)
+    produced["tensorrt_rewrites"] = for_tensorrt(path, probabilities)
     set_metadata(path, metadata(ctx, produced))
     check(path)
     x, y = ctx.images("val", opts.gate_images)
@@ -174,6 +191,7 @@ def _reference(ctx, module, name: str) -> str:
                 ctx.opts.exporter)
     check(path)
     simplify(path, ctx.opts.simplify)
+    for_tensorrt(path)
     return name
 
 

@@ -5,6 +5,8 @@
   deploy-toolchain.md pitfall 3).
 - `ort-int8`: ONNX Runtime static quantisation in QDQ format (int8 activations and weights, per-channel weights),
   calibrated on the run's training images; `int8_mode="dynamic"` quantises weights only, activations at run time.
+  Static Q/DQ is what TensorRT's importer takes (`edgevp.conformance.rules`): symmetric activations and weights
+  (every zero point 0) and biases left in fp32 (no INT32 DequantizeLinear); quantize_static's defaults are neither.
 
 Both report val top-1 of the fp32 and the reduced model against the labels and their top-1 agreement; a drop of
 more than `max_drop` points marks the artifact failed.
@@ -16,6 +18,7 @@ import warnings
 
 import numpy as np
 
+from ..conformance.graph import for_tensorrt
 from ..errors import MissingError
 from .onnx import build_fp32, compare, run_ort, session
 from .targets import register_target
@@ -34,6 +37,7 @@ def to_fp16(src, dst) -> None:
         warnings.simplefilter("ignore")
         model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=FP32_OPS)
     onnx.save(model, str(dst))
+    for_tensorrt(dst)
 
 
 # Activation-range calibration per method. ORT's `quantize_static` builds its entropy calibrator with 128 histogram
@@ -41,6 +45,8 @@ def to_fp16(src, dst) -> None:
 # identical scales). Ranges are therefore computed here with TensorRT's entropy settings (2048 bins, 128 quantized)
 # and handed to `quantize_static` as its calibration cache.
 MATMUL_OPS = ["MatMul", "Gemm", "Conv"]  # int8_ops="matmul": only these are quantised (and calibrated)
+# TensorRT's Q/DQ rules: zero points all 0 (symmetric activations and weights), no INT32 bias DequantizeLinear
+TENSORRT_QDQ = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 RANGES_FILE = "model.int8.ranges.json"  # the activation ranges the Q/DQ scales came from (ORT calibration cache)
 CALIBRATION = {"minmax": ("MinMax", {}),
                "percentile": ("Percentile", {"num_bins": 2048, "percentile": 99.999, "symmetric": True}),
@@ -100,8 +106,9 @@ def to_int8(src, dst, calib: np.ndarray | None, mode: str = "static", method: st
         quantize_static(str(pre), str(dst), None, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, per_channel=True,
                         calibrate_method=getattr(CalibrationMethod, CALIBRATION[method][0]),
-                        op_types_to_quantize=op_types,
+                        op_types_to_quantize=op_types, extra_options=TENSORRT_QDQ,
                         calibration_cache_path=str(cache))
+        for_tensorrt(dst)  # quantize_static declares opset domains its nodes do not use
     finally:
         logging.disable(logging.NOTSET)
         pre.unlink(missing_ok=True)
@@ -165,6 +172,7 @@ def gated_int8(ctx, result: dict, mode: str) -> dict:
                       "calib_method": ctx.opts.calib_method if static else None,
                       "calibrator": dict(CALIBRATION[ctx.opts.calib_method][1]) if static else None,
                       "ops": ctx.opts.int8_ops, "calibration_images": 0 if calib is None else len(calib),
+                      "quantizer_options": dict(TENSORRT_QDQ) if static else None,
                       "ranges": RANGES_FILE if static else None}
     result = _accuracy_gate(ctx, "model.int8.onnx", result)
     if static:

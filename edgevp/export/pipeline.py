@@ -29,7 +29,10 @@ class ExportOptions:
     """
 
     target: str = "onnx"  # an export target (`edgevp list targets`)
-    opset: int = 18
+    # the TensorRT platforms the artifact must import on (edgevp.conformance.platforms): all (default: every
+    # supported one), jp5.1 (TensorRT 8.5), jp6.0 (8.6), jp6.1 / jp6.2 (10.3), trt10 (desktop 10.x), or a version
+    platform: str = "all"
+    opset: int | None = None  # None: the newest opset the exporter writes and every platform imports (17 or 18)
     out: Path | None = None  # default: RUN/export
     dynamic_batch: bool = True
     include_preprocess: bool = True  # the artifact takes [0, 1] images (normalisation inside)
@@ -65,9 +68,24 @@ class ExportOptions:
         if self.atol < 0 or self.max_drop < 0 or not 0 <= self.min_top1_agreement <= 1:
             raise ConfigError("atol and max_drop must be >= 0 and min_top1_agreement in [0, 1]")
         target = get_target(self.target)
-        if self.opset not in target.opsets:
-            raise ConfigError(f"target '{target.name}' cannot take opset {self.opset}",
-                              f"choose one of {', '.join(map(str, target.opsets))}")
+        self.opset = platform_opset(self.platform, target.opsets, self.opset)
+
+
+def platform_opset(platform: str, opsets: tuple[int, ...], opset: int | None) -> int:
+    """The opset to export for `platform` (`opset` checked against it; None: the newest both allow)."""
+    from ..conformance.platforms import graph_form, resolve
+
+    platforms = resolve(platform)
+    most = graph_form(platforms)["opset_max"]
+    if opset is None:
+        return max(o for o in opsets if o <= most)
+    if opset not in opsets:
+        raise ConfigError(f"the exporter cannot write opset {opset}", f"choose one of {', '.join(map(str, opsets))}")
+    if opset > most:
+        oldest = min(platforms, key=lambda p: p.opset_max)
+        raise ConfigError(f"{oldest.describe()} imports ONNX opsets up to {most}, not {opset}",
+                          f"use --opset {most}, or a --platform that takes opset {opset}")
+    return opset
 
 
 @dataclass
@@ -142,9 +160,24 @@ def _install(work: Path, out: Path, files: list[str], failed: bool) -> list[str]
             dst = out / f"{name}.failed"
         if dst.is_dir():
             shutil.rmtree(dst)
+        readable(src)
         os.replace(src, dst)
         final.append(dst.name)
     return final
+
+
+def readable(path: Path) -> None:
+    """Give `path` (and everything under it) the modes the umask allows (0644 / 0755 for scripts and folders): some
+    writers make 0600 files (mkstemp, ONNX Runtime's calibration cache), and a bundle copied into a container that
+    runs as another user must stay readable."""
+    from ..io import umask
+
+    mask = umask()
+    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if p.is_symlink():
+            continue
+        executable = p.is_dir() or os.stat(p).st_mode & 0o100
+        os.chmod(p, (0o777 if executable else 0o666) & ~mask)
 
 
 def _remove_stale_staging(out: Path) -> None:

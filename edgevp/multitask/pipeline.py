@@ -34,7 +34,8 @@ class PackOptions:
     target: Literal["onnx", "ort-fp16", "trt-fp32", "trt-fp16"] = "onnx"
     tables_as_inputs: bool = False  # tables are graph inputs read from tables.npz: add tasks without a rebuild
     include_preprocess: bool = True  # the graph takes [0, 1] images (normalisation inside)
-    opset: int = 18
+    platform: str = "all"  # the TensorRT platforms the pack must import on (as `edgevp export --platform`)
+    opset: int | None = None  # None: the newest opset every platform imports
     checkpoint: Literal["best", "last"] = "best"
     gate_images: int = 32  # validation images per task for the exactness gate
     atol: float = 1e-4  # max abs logit difference, pack vs each run's own export
@@ -52,8 +53,9 @@ class PackOptions:
             raise ConfigError("gate_images, trt_max_batch and max_tasks must be >= 1")
         if self.atol < 0 or self.max_drop < 0:
             raise ConfigError("atol and max_drop must be >= 0")
-        if self.opset not in (17, 18):
-            raise ConfigError(f"opset must be 17 or 18, got {self.opset}")
+        from ..export.pipeline import platform_opset
+
+        self.opset = platform_opset(self.platform, (17, 18), self.opset)
 
 
 @dataclass
@@ -170,7 +172,8 @@ def pack(runs: list[str | Path], out: str | Path, opts: PackOptions | None = Non
     from ..export.pipeline import _install, _writable_dir
     from ..runs import now
     from .gate import gate_pack
-    from .graph import export_pack, write_trt_bundle
+    from .bundle import write_trt_bundle
+    from .graph import export_pack
 
     opts = opts or PackOptions()
     out = Path(out)

@@ -1,0 +1,149 @@
+"""The TensorRT device bundle of a pack, as complete as a single export's: `trt-<precision>/` with the pack's ONNX
+(inputs `images`, `task` and, with tables as inputs, the tables), `tasks.json`, labels per task, `build_engine.sh`
+with a dynamic batch (and task-axis) profile and trtexec flags per TensorRT version, reference I/O with `verify.sh`,
+and a Triton model repository whose `task` input rides with each request so that Triton's dynamic batcher mixes
+tasks in one batch. No DeepStream config: nvinfer feeds a network its image tensor only and has no way to give each
+frame a `task` id (a per-stream task would need a custom nvdspreprocess library), so a pack is served by Triton or
+edgevp's own runtime; use a single export's bundle for DeepStream."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..conformance.platforms import resolve
+from ..export.bundle import SCRIPT, bundle_versions, trtexec_flags, verify_script, version_cases, write_references
+from ..io import sha256_file, write_json, write_text
+from .graph import IMAGES, LOGITS, TASK, is_row_table
+from .tables import PAD_LOGIT
+
+REFERENCE_FEEDS = 8
+# build_engine.sh's tail: the plan where Triton looks for it; TensorRT 8.x binds the INT64 `task` input as INT32
+TRITON_TAIL = """mkdir -p triton/pack/1
+cp -f "$ENGINE" triton/pack/1/model.plan
+case "$TRT_VERSION" in 8.*) sed -i 's/TYPE_INT64/TYPE_INT32/' triton/pack/config.pbtxt ;; esac
+"""
+DEEPSTREAM_REASON = ("nvinfer feeds the network only its image tensor and cannot give each frame a `task` id; serve a "
+                     "pack with Triton (triton/) or edgevp's runtime, or use a single export's bundle for DeepStream")
+
+README = """# TensorRT device bundle of a {n}-task pack ({precision})
+
+Built by edgevp {version} for TensorRT {versions} (`--platform {platform}`). Tasks: {tasks}.
+On the device: `./build_engine.sh && ./verify.sh` (`edgevp check .` first, where edgevp is installed).
+
+- `{onnx}`: inputs `images` (batch, 3, {h}, {w}) float32 in [0, 1] RGB{norm}, `task` (batch,) int64; output `logits`
+  (batch, {c_max}). A task with fewer classes has {pad} in its unused columns; a task id out of range gives NaN
+  logits for that sample. `tasks.json` maps task ids to runs and class names; `labels/<id>.txt` are each task's
+  labels.
+{tables}- `build_engine.sh`: trtexec with a dynamic batch profile 1..{max_batch}, flags per TensorRT version; refuses a
+  version this bundle was not made for.
+- `reference/` + `verify.sh`: {feeds} reference feeds (mixed task ids) and the ONNX Runtime outputs, as Polygraphy
+  JSON and trtexec raw inputs (the `task` ids also as int32 for TensorRT 8.x); `./verify.sh [ENGINE]`.
+- `triton/pack/`: a Triton model repository (`tritonserver --model-repository=$PWD/triton`) with `images` and
+  `task` per request and dynamic batching, so requests for different tasks share a batch; `triton/pack_onnx/` is
+  the ONNX Runtime fallback.
+- No DeepStream config: {deepstream}.
+"""
+
+
+def _dims(tables, c: int, h: int, w: int, opts):
+    """Per input, its trtexec dims at min/opt/max; with tables as inputs the task and row axes are free, so tasks can
+    be added: from 1 (min) over today's count (opt) to `max_tasks` (max)."""
+    out = {IMAGES: {"min": f"1x{c}x{h}x{w}", "opt": f"1x{c}x{h}x{w}", "max": f"{opts.trt_max_batch}x{c}x{h}x{w}"},
+           TASK: {"min": "1", "opt": "1", "max": str(opts.trt_max_batch)}}
+    for k, v in tables.items():
+        most = opts.max_tasks + (1 if is_row_table(k) else 0)  # key/value rows: one per task + the empty one
+        rest = "".join(f"x{d}" for d in v.shape[1:])
+        out[k] = {"min": f"1{rest}", "opt": f"{len(v)}{rest}", "max": f"{max(len(v), most)}{rest}"}
+    return out
+
+
+def _reference_feeds(tasks, tables: dict, opts) -> list[dict[str, np.ndarray]]:
+    """Batch-1 feeds of validation images, cycling over the tasks (what the engine's opt profile takes)."""
+    from .gate import _normalised, task_images
+
+    per_task = [_normalised(t, task_images(t, REFERENCE_FEEDS)[0], opts.include_preprocess) for t in tasks]
+    feeds = []
+    for k in range(REFERENCE_FEEDS):
+        t = k % len(tasks)
+        x = per_task[t][(k // len(tasks)) % len(per_task[t])]
+        feeds.append({IMAGES: x[None].astype(np.float32), TASK: np.asarray([t], np.int64), **tables})
+    return feeds
+
+
+def write_trt_bundle(work: Path, files: list[str], tasks, opts, gate: dict) -> str:
+    """Move the pack's files into `trt-<precision>/` and complete the bundle; returns the folder name."""
+    from .. import __version__
+    from ..device import formats
+
+    precision = opts.target.split("-", 1)[1]
+    bundle = work / f"trt-{precision}"
+    bundle.mkdir()
+    for name in files:
+        shutil.move(str(work / name), bundle / name)
+    onnx_name = next(f for f in files if f.endswith(".onnx"))
+    c, h, w = tasks[0].model.info.input_size
+    tables = dict(np.load(bundle / "tables.npz")) if opts.tables_as_inputs else {}
+    platforms = resolve(opts.platform)
+    dims = _dims(tables, c, h, w, opts)
+    spec = " ".join(f"--{which}Shapes=" + ",".join(f"{n}:{d[which]}" for n, d in dims.items())
+                    for which in ("min", "opt", "max"))
+    feeds = _reference_feeds(tasks, tables, opts)
+    ref = write_references(bundle, onnx_name, feeds, precision, None, int32_inputs=(TASK,))
+    write_text(bundle / "build_engine.sh", SCRIPT.format(
+        onnx=onnx_name, shapes=spec, precision=precision, versions=bundle_versions(platforms), platform=opts.platform,
+        cases=version_cases(platforms, precision))
+        + (TRITON_TAIL if not tables else "")
+        + 'echo "engine: $(pwd)/$ENGINE; check it: ./verify.sh $ENGINE (edgevp profile $ENGINE --task mixed)"\n')
+    run_shapes = "--shapes=" + ",".join(f"{n}:{d['opt']}" for n, d in dims.items())
+    write_text(bundle / "verify.sh", verify_script(f"model.trt*-{precision}.engine", len(feeds), list(dims),
+                                                   run_shapes, ref["tolerances"], int32_inputs=(TASK,)))
+    for script in ("build_engine.sh", "verify.sh"):
+        (bundle / script).chmod(0o755)
+    (bundle / "labels").mkdir()
+    for i, t in enumerate(tasks):
+        write_text(bundle / "labels" / f"{i}.txt", formats.labels_txt(t.classes))
+    c_max = max(len(t.classes) for t in tasks)
+    triton = _write_triton(bundle, onnx_name, dims, tables, c_max, opts)
+    write_json(bundle / "model.json", {
+        "kind": "pack", "onnx": onnx_name, "onnx_sha256": sha256_file(bundle / onnx_name), "precision": precision,
+        "inputs": list(dims), "input": IMAGES, "output": LOGITS, "outputs": [LOGITS], "num_tasks": len(tasks),
+        "tasks": "tasks.json", "labels": {str(i): f"labels/{i}.txt" for i in range(len(tasks))},
+        "shapes": dims, "platform": opts.platform, "platforms": [p.name for p in platforms],
+        "trtexec_flags": {p.trt: trtexec_flags(p, precision) for p in platforms}, "reference": ref,
+        "triton": triton, "deepstream": {"config": None, "reason": DEEPSTREAM_REASON},
+        "built_by": "build_engine.sh"})
+    (bundle / "README.md").write_text(README.format(
+        n=len(tasks), precision=precision, version=__version__, onnx=onnx_name, h=h, w=w, pad=PAD_LOGIT,
+        norm="" if opts.include_preprocess else ", normalised", max_batch=opts.trt_max_batch, c_max=c_max,
+        tasks=", ".join(f"{i}: {t.run.name}" for i, t in enumerate(tasks)), versions=bundle_versions(platforms),
+        platform=opts.platform, feeds=len(feeds), deepstream=DEEPSTREAM_REASON,
+        tables=f"- `tables.npz`: the task tables, engine inputs (task axis 1..{max(opts.max_tasks, len(tasks))}); "
+               "`edgevp pack RUN... -o DIR --update-tables` writes a new one to add or update a task, no rebuild.\n"
+               if opts.tables_as_inputs else ""))
+    gate["trt"] = {"bundle": bundle.name, "engine": None,
+                   "note": "build the engine on the device with build_engine.sh (no TensorRT here)"}
+    return bundle.name
+
+
+def _write_triton(bundle: Path, onnx_name: str, dims: dict, tables: dict, classes: int, opts) -> dict:
+    """triton/pack (TensorRT plan, placed by build_engine.sh) and triton/pack_onnx (ONNX Runtime): `images` and
+    `task` per request, batched by Triton's dynamic batcher. Tables as inputs are not per request (they have no batch
+    axis), so those packs get no Triton repository: their tables would have to be constants of the engine."""
+    from ..device import formats
+
+    if tables:
+        return {"repository": None, "reason": "tables as inputs have no batch axis: Triton batches every input; "
+                                              "pack without --tables-as-inputs for Triton"}
+    c, h, w = (int(v) for v in dims[IMAGES]["opt"].split("x")[1:])
+    for name, platform in (("pack", "tensorrt_plan"), ("pack_onnx", "onnxruntime_onnx")):
+        d = bundle / "triton" / name
+        (d / "1").mkdir(parents=True)
+        write_text(d / "labels.txt", "".join(f"{i}\n" for i in range(classes)))
+        write_text(d / "config.pbtxt", formats.triton_config(
+            name=name, platform=platform, inputs=[(IMAGES, "float32", [c, h, w]), (TASK, "int64", [])],
+            outputs=[(LOGITS, [classes])], max_batch_size=opts.trt_max_batch))
+        if platform == "onnxruntime_onnx":
+            shutil.copyfile(bundle / onnx_name, d / "1" / "model.onnx")
+    return {"repository": "triton", "tensorrt": "pack", "onnxruntime": "pack_onnx"}
