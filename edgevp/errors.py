@@ -4,7 +4,7 @@ from __future__ import annotations
 # Exit codes (documented in the README and in `edgevp --help`).
 EXIT_OK = 0
 EXIT_FAILURE = 1  # unexpected internal error (traceback with -v)
-EXIT_USAGE = 2  # bad recipe key, wrong type, unknown backbone/method, invalid value
+EXIT_USAGE = 2  # bad recipe key, wrong type, unknown backbone/method, invalid value, an output that cannot be written
 EXIT_VERIFY = 3  # an artifact failed verification (parity / accuracy outside tolerance)
 EXIT_MISSING = 4  # missing optional dependency, hardware or offline asset (weights, GPU, TensorRT)
 EXIT_DATA = 5  # missing or empty dataset, unreadable image
@@ -16,7 +16,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM; the run can be resumed
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_FAILURE: "unexpected error (rerun with -v for the traceback)",
-    EXIT_USAGE: "usage or configuration error",
+    EXIT_USAGE: "usage or configuration error, or an output that cannot be written (permissions, full disk)",
     EXIT_VERIFY: "verification failed",
     EXIT_MISSING: "missing dependency, hardware or offline asset",
     EXIT_DATA: "dataset missing, empty or unreadable",
@@ -42,6 +42,11 @@ class EdgevpError(Exception):
 
 class ConfigError(EdgevpError):
     exit_code = EXIT_USAGE
+
+
+class DiskFullError(ConfigError, OSError):
+    """A write that failed for lack of space: one line and exit 2 like any unwritable output, and still an OSError
+    for callers that tolerate a failed write (a cache)."""
 
 
 class MissingError(EdgevpError):
