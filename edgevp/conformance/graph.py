@@ -5,6 +5,10 @@
   `builtin_op_importers.cpp`, DEFINE_BUILTIN_OP_IMPORTER(Shape) is `addShape(input)`), and so do onnx-graphsurgeon's
   `fold_shapes` (0.6) and onnx-tool: the cls-token `Expand` after it gets the wrong rank. Rewritten as `Shape(x)`
   followed by `Slice`, it means the same to every reader.
+- `decompose_layernorm`: TensorRT 8.5's importer has no `LayerNormalization` (onnx-tensorrt 8.5-GA docs/operators.md;
+  it came in 8.6), which the exporter emits at opset 17/18: for a platform set that includes 8.5 it becomes
+  ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add, the pattern ONNX Runtime's LayerNormFusion and TensorRT's
+  normalization fusion recognise.
 - `prune_opset_imports`: opset domains no node uses (ONNX Runtime's quantiser declares several).
 - `add_probabilities`: a `Softmax` output beside the logits, what DeepStream's built-in classifier parser expects.
 """
@@ -58,6 +62,62 @@ def lower_shape_slices(model) -> int:
     return count
 
 
+def decompose_layernorm(model) -> int:
+    """Replace every `LayerNormalization` (last axis) by primitive ops in place; returns how many."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    opset = next(o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS)
+    nodes, count = [], 0
+    for node in graph.node:
+        if node.op_type != "LayerNormalization" or node.domain not in DEFAULT_DOMAINS:
+            nodes.append(node)
+            continue
+        if (_attr(node, "axis") or -1) != -1 or any(o for o in node.output[1:]):
+            raise ValueError(f"{node.name}: only last-axis LayerNormalization without mean/inv-std outputs "
+                             "can be decomposed")
+        count += 1
+        p = f"{node.output[0]}__ln"
+        eps = _attr(node, "epsilon")
+        graph.initializer.extend([numpy_helper.from_array(np.asarray(1e-5 if eps is None else eps, np.float32),
+                                                          f"{p}_eps"),
+                                  numpy_helper.from_array(np.asarray(2.0, np.float32), f"{p}_two")])
+
+        def mean(x: str, y: str):
+            if opset >= 18:  # ReduceMean's axes became an input in opset 18
+                graph.initializer.append(numpy_helper.from_array(np.asarray([-1], np.int64), f"{y}_axes"))
+                return helper.make_node("ReduceMean", [x, f"{y}_axes"], [y], keepdims=1, name=y)
+            return helper.make_node("ReduceMean", [x], [y], axes=[-1], keepdims=1, name=y)
+
+        x, scale = node.input[0], node.input[1]
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        nodes += [mean(x, f"{p}_mean"),
+                  helper.make_node("Sub", [x, f"{p}_mean"], [f"{p}_d"], name=f"{p}_d"),
+                  helper.make_node("Pow", [f"{p}_d", f"{p}_two"], [f"{p}_sq"], name=f"{p}_sq"),
+                  mean(f"{p}_sq", f"{p}_var"),
+                  helper.make_node("Add", [f"{p}_var", f"{p}_eps"], [f"{p}_vareps"], name=f"{p}_vareps"),
+                  helper.make_node("Sqrt", [f"{p}_vareps"], [f"{p}_std"], name=f"{p}_std"),
+                  helper.make_node("Div", [f"{p}_d", f"{p}_std"], [f"{p}_norm"], name=f"{p}_norm"),
+                  helper.make_node("Mul", [f"{p}_norm", scale], [f"{p}_scaled" if bias else node.output[0]],
+                                   name=f"{p}_scaled")]
+        if bias:
+            nodes.append(helper.make_node("Add", [f"{p}_scaled", bias], [node.output[0]], name=f"{p}_bias"))
+    if count:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return count
+
+
+def needs_layernorm_decomposed(platform: str | None) -> bool:
+    """Whether some platform of `platform` (an `edgevp export --platform` value) lacks a LayerNormalization importer."""
+    from .platforms import resolve
+    from .rules import importer_rules
+
+    return platform is not None and any("LayerNormalization" not in importer_rules(p.trt).ops
+                                        for p in resolve(platform))
+
+
 def prune_opset_imports(model) -> list[str]:
     """Drop opset imports of domains no node uses (the default domain always stays); returns the dropped domains."""
     used = {n.domain for n in model.graph.node} | {f.domain for f in model.functions}
@@ -83,12 +143,15 @@ def add_probabilities(model, logits: str = "logits") -> None:
     model.graph.output.append(helper.make_tensor_value_info(PROBS, TensorProto.FLOAT, dims))
 
 
-def for_tensorrt(path: str | Path, probabilities: bool = False) -> dict:
-    """Rewrite ONNX file `path` in place for every supported TensorRT; returns what changed."""
+def for_tensorrt(path: str | Path, probabilities: bool = False, platform: str | None = None) -> dict:
+    """Rewrite ONNX file `path` in place for the TensorRT platforms `platform` names (None: only the rewrites every
+    platform needs); returns what changed."""
     import onnx
 
     model = onnx.load(str(path))
     changed = {"shape_slices_lowered": lower_shape_slices(model), "opset_domains_dropped": prune_opset_imports(model)}
+    if needs_layernorm_decomposed(platform):
+        changed["layernorm_decomposed"] = decompose_layernorm(model)
     if probabilities:
         add_probabilities(model)
         changed["probabilities_output"] = PROBS

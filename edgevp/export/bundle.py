@@ -35,7 +35,8 @@ def trtexec_flags(platform: Platform, precision: str) -> list[str]:
     version's option parser)."""
     typing = ["--stronglyTyped"] if platform.strongly_typed else {"fp32": [], "fp16": ["--fp16"],
                                                                    "int8": ["--int8"]}[precision]
-    return [*typing, f"--memPoolSize=workspace:{WORKSPACE_MIB}", "--skipInference"]
+    build_only = "--buildOnly" if platform.trt == "8.5" else "--skipInference"  # renamed in 8.6
+    return [*typing, f"--memPoolSize=workspace:{WORKSPACE_MIB}", build_only]
 
 
 def _case_pattern(platform: Platform) -> str:

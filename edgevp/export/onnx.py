@@ -162,7 +162,7 @@ def build_fp32(ctx, name: str = "model.onnx", probabilities: bool = False) -> di
                            opts.exporter)
     check(path)
     simp = simplify(path, opts.simplify)
-    produced["tensorrt_rewrites"] = for_tensorrt(path, probabilities)
+    produced["tensorrt_rewrites"] = for_tensorrt(path, probabilities, opts.platform)
     set_metadata(path, metadata(ctx, produced))
     check(path)
     x, y = ctx.images("val", opts.gate_images)
@@ -191,7 +191,7 @@ def _reference(ctx, module, name: str) -> str:
                 ctx.opts.exporter)
     check(path)
     simplify(path, ctx.opts.simplify)
-    for_tensorrt(path)
+    for_tensorrt(path, platform=ctx.opts.platform)
     return name
 
 

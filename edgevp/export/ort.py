@@ -79,11 +79,12 @@ def calibrate(model, calib: np.ndarray, method: str, ranges_path, op_types: list
 
 
 def to_int8(src, dst, calib: np.ndarray | None, mode: str = "static", method: str = "minmax", ops: str = "matmul",
-            ranges=None) -> None:
+            ranges=None, platform: str | None = None) -> None:
     """int8 ONNX: static QDQ (activation ranges from `calib` by `method`, saved to `ranges` when given;
     `ops="matmul"` quantises only MatMul/Gemm/Conv, `"all"` ORT's default op set) or dynamic (weights only).
     An existing `ranges` file is reused as it is (no calibration images needed); it must hold the tensors `ops`
-    quantises (ranges calibrated for `"all"` serve `"matmul"` too)."""
+    quantises (ranges calibrated for `"all"` serve `"matmul"` too). `platform`: the TensorRT platforms the static
+    graph must import on (`edgevp export --platform`)."""
     import inspect
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -108,7 +109,9 @@ def to_int8(src, dst, calib: np.ndarray | None, mode: str = "static", method: st
                         calibrate_method=getattr(CalibrationMethod, CALIBRATION[method][0]),
                         op_types_to_quantize=op_types, extra_options=TENSORRT_QDQ,
                         calibration_cache_path=str(cache))
-        for_tensorrt(dst)  # quantize_static declares opset domains its nodes do not use
+        # quantize_static declares opset domains its nodes do not use, and its pre-processing fuses a decomposed
+        # LayerNormalization back (TensorRT 8.5 has none)
+        for_tensorrt(dst, platform=platform)
     finally:
         logging.disable(logging.NOTSET)
         pre.unlink(missing_ok=True)
@@ -161,13 +164,16 @@ def build_int8(ctx) -> dict:
     return {**gated_int8(ctx, result, ctx.opts.int8_mode), "sidecar": "model.int8.json"}
 
 
-def gated_int8(ctx, result: dict, mode: str) -> dict:
+def gated_int8(ctx, result: dict, mode: str, probabilities: bool = False) -> dict:
     """`model.int8.onnx` from the staged fp32 `model.onnx` (static: ranges from the first training images, shipped as
-    RANGES_FILE; dynamic: weights only), described under `result["int8"]` and gated against fp32 on the val images."""
+    RANGES_FILE; dynamic: weights only), described under `result["int8"]` and gated against fp32 on the val images
+    (with a `probs` Softmax output after the logits when `probabilities`)."""
     static = mode == "static"
     calib = ctx.deploy_input(ctx.images("train", ctx.opts.calib_images)[0]) if static else None
     to_int8(ctx.work / "model.onnx", ctx.work / "model.int8.onnx", calib, mode, ctx.opts.calib_method,
-            ctx.opts.int8_ops, ranges=ctx.work / RANGES_FILE if static else None)
+            ctx.opts.int8_ops, ranges=ctx.work / RANGES_FILE if static else None, platform=ctx.opts.platform)
+    if probabilities:
+        for_tensorrt(ctx.work / "model.int8.onnx", probabilities=True)
     result["int8"] = {"mode": mode, "format": "QDQ" if static else "dynamic",
                       "calib_method": ctx.opts.calib_method if static else None,
                       "calibrator": dict(CALIBRATION[ctx.opts.calib_method][1]) if static else None,

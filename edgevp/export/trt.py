@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..conformance.bundle import gate_bundle
+from ..conformance.graph import for_tensorrt
 from ..errors import MissingError, VerificationError
 from ..io import sha256_file as sha256, write_json
 from ..optional import require
@@ -104,13 +106,17 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple[int
 def build_trt(ctx, precision: str) -> dict:
     """Gate the ONNX, write the bundle, then build the engine if TensorRT and a GPU are here."""
 
-    result = build_fp32(ctx, probabilities=True)  # DeepStream's classifier parser reads probabilities
+    # DeepStream's classifier parser reads probabilities: a `probs` Softmax output, added to the artifact in its
+    # final precision (fp32, on the fp32 logits) before it is gated
+    result = build_fp32(ctx, probabilities=precision == "fp32")
     if result["status"] == "ok" and precision == "fp16":
         to_fp16(ctx.work / "model.onnx", ctx.work / "model.fp16.onnx")
+        for_tensorrt(ctx.work / "model.fp16.onnx", probabilities=True)
         result = _accuracy_gate(ctx, "model.fp16.onnx", result)
     elif result["status"] == "ok" and precision == "int8":
-        result = gated_int8(ctx, result, "static")  # TensorRT takes explicit Q/DQ only
+        result = gated_int8(ctx, result, "static", probabilities=True)  # TensorRT takes explicit Q/DQ only
     bundle, onnx_name = write_bundle(ctx, precision, result)
+    result = gate_bundle(bundle, result)  # every file against the device tools' rules (edgevp check)
     result.pop("sha256", None)
     result.update(files=[bundle.name], sidecar=f"trt-{precision}.json", bundle=bundle.name, precision=precision)
     if result["status"] != "ok":

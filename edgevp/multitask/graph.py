@@ -40,7 +40,7 @@ def export_pack(model, tables, tasks, opts, fold: dict, path: Path) -> dict:
                           output_names=[LOGITS], dynamic_shapes=dyn, external_data=False, verbose=False)
     check(path)
     simp = simplify(path, "auto")
-    rewrites = for_tensorrt(path)
+    rewrites = for_tensorrt(path, platform=opts.platform)
     meta = {"edgevp_kind": "pack", "tasks": json.dumps([{"id": i, "run": t.run.name, "method": t.cfg.method,
                                                            "classes": t.classes} for i, t in enumerate(tasks)]),
             "backbone": tasks[0].cfg.backbone.name, "pad_logit": str(float(tables.head_bias.min())),

@@ -20,7 +20,8 @@ from typing import Literal
 import numpy as np
 
 from ..config import check_options
-from ..errors import ConfigError, IncompatibleError, VerificationError
+from ..errors import ConfigError, IncompatibleError, MissingError, VerificationError
+from ..optional import optional
 from ..io import sha256_file, write_json
 from .tables import PAD_LOGIT
 
@@ -172,6 +173,7 @@ def pack(runs: list[str | Path], out: str | Path, opts: PackOptions | None = Non
     from ..export.pipeline import _install, _writable_dir
     from ..runs import now
     from .gate import gate_pack
+    from ..conformance.bundle import gate_bundle
     from .bundle import write_trt_bundle
     from .graph import export_pack
 
@@ -204,6 +206,8 @@ def pack(runs: list[str | Path], out: str | Path, opts: PackOptions | None = Non
         files.append("tasks.json")
         if opts.target.startswith("trt-"):
             files = [write_trt_bundle(work, files, tasks, opts, gate)]
+            gate = gate_bundle(work / files[0], gate)  # every file against the device tools' rules
+            status = gate["status"]
         sidecar = {"status": status, "kind": "pack", "target": opts.target, "created_at": now(),
                    "edgevp_version": __version__, "backbone_sha256": tasks[0].fingerprint, "tasks": task_list,
                    "fold": fold, "onnx": onnx_meta,
@@ -214,8 +218,11 @@ def pack(runs: list[str | Path], out: str | Path, opts: PackOptions | None = Non
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if status == "failed":
-        raise VerificationError(f"pack failed its exactness gate: {sidecar.get('error')}",
+        raise VerificationError(f"pack failed its gate: {sidecar.get('error')}",
                                 f"artifact kept as {sidecar['files'][0]} with {out / 'pack.json'}")
+    if opts.target.startswith("trt-") and optional("tensorrt") is None:  # as `edgevp export` does: exit 4
+        raise MissingError(f"TensorRT is not installed here; the pack's device bundle is in {out / sidecar['files'][0]}"
+                           ": copy it to the device and run build_engine.sh there")
     return sidecar
 
 
