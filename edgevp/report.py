@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from .errors import ConfigError, IncompatibleError
-from .io import atomic_path, write_json, write_text
+from .io import atomic_path, output_dir, staged_dir, write_json, write_text
 from .optional import pyplot
 from .runs import RunDir
 from .sweep.summary import is_sweep, sweep_section
@@ -45,7 +45,8 @@ def _deployed_hashes(run: Path) -> set[str]:
 
     export = run / "export"
     skip = {"bare.onnx", "unfolded.onnx"}
-    return {sha256_file(p) for p in export.rglob("*.onnx") if p.name not in skip} if export.is_dir() else set()
+    return {sha256_file(p) for p in export.rglob("*.onnx") if p.is_file() and p.name not in skip} \
+        if export.is_dir() else set()  # `edgevp eval` writes its results into folders named after the model
 
 
 def _latency(run: Path, profiles: list[dict]) -> dict | None:
@@ -351,9 +352,17 @@ def write_report(runs: list[Path], out: Path, profiles: list[Path] = ()) -> tupl
     runs = [r for r in runs if r not in packs and r not in sweeps]
     if not runs and not packs and not sweeps:
         raise ConfigError("give at least one run directory")
+    output_dir(out)  # unwritable: exit 2 before any run is read
     found = _profiles(runs, profiles)
     rows = [summarize(r, found) for r in runs]
-    out.mkdir(parents=True, exist_ok=True)
+    with staged_dir(out) as stage:  # a failed report (a full disk) leaves none of its files in `out`
+        _write_files(runs, packs, sweeps, found, rows, stage)
+    return out / "report.md", rows
+
+
+def _write_files(runs: list[Path], packs: list[Path], sweeps: list[Path], found: list[dict], rows: list[dict],
+                 out: Path) -> None:
+    """Every file of the report into `out`."""
     sweep_md = [line for s in sweeps for line in ["", *sweep_section(s, out)]]
     pack_summaries = [summarize_pack(p, runs, [f for f in found if f["_run"] is None]) for p in packs]
     if pack_summaries:
@@ -366,7 +375,7 @@ def write_report(runs: list[Path], out: Path, profiles: list[Path] = ()) -> tupl
     if not runs:
         md = ["# edgevp report", *(["", *_pack_section(pack_summaries)] if pack_summaries else []), *sweep_md]
         write_text(out / "report.md", "\n".join(md) + "\n")
-        return out / "report.md", rows
+        return
     files = []
     write_json(out / "summary.json", rows)
     buf = io.StringIO()
@@ -441,4 +450,3 @@ def write_report(runs: list[Path], out: Path, profiles: list[Path] = ()) -> tupl
         md += ["", *_pack_section(pack_summaries)]
     md += sweep_md
     write_text(out / "report.md", "\n".join(md) + "\n")
-    return out / "report.md", rows
