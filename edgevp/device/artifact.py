@@ -66,18 +66,23 @@ def resolve(path: str | Path) -> Path:
     engines = sorted(q for q in p.iterdir() if q.suffix in ENGINE_SUFFIXES and q.is_file())
     if engines and optional("tensorrt") is not None:
         return engines[-1]
-    side = p / "model.json"
-    names = []
-    if side.is_file():
-        try:
-            names.append(json.loads(side.read_text()).get("onnx") or "")
-        except ValueError:
-            pass
-    names += ["model.onnx", "model.fp16.onnx", "model.int8.onnx"]
+    names = [*_sidecar_onnx(p / "model.json"), "model.onnx", "model.fp16.onnx", "model.int8.onnx"]
     for n in names:
-        if n and (p / n).is_file():
+        if (p / n).is_file():
             return p / n
     raise IncompatibleError(f"no artifact in '{p}' (no .onnx or .engine)", "give the model file itself")
+
+
+def _sidecar_onnx(side: Path) -> list[str]:
+    """The ONNX files a directory's model.json names: a bundle's `onnx` (a file name), an export's `files`."""
+    try:
+        doc = json.loads(side.read_text()) if side.is_file() else {}
+    except (OSError, ValueError):
+        return []
+    if not isinstance(doc, dict):
+        return []
+    names = [doc.get("onnx"), *(doc.get("files") if isinstance(doc.get("files"), list) else [])]
+    return [n for n in names if isinstance(n, str) and n.endswith(".onnx") and "/" not in n]
 
 
 def open_artifact(path: str | Path, task: int | None = None, size: tuple[int, int] | None = None,
