@@ -57,25 +57,60 @@ def _palette_is_gray(im) -> bool:
     return bool(len(pal)) and bool((pal == pal[:, :1]).all())
 
 
+def max_pixels() -> int:
+    """Pixels above which Pillow refuses to decode an image (its decompression-bomb guard, twice MAX_IMAGE_PIXELS)."""
+    from PIL import Image
+
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0
+
+
+def _too_many_pixels() -> str:
+    return f"more than {max_pixels():,} pixels (Pillow's decompression-bomb limit)"
+
+
+def too_large(path: str | Path) -> DataError:
+    """An image over Pillow's decompression-bomb limit: refused (or skipped) like an undecodable one."""
+    return DataError(f"cannot read image '{path}': {_too_many_pixels()}", "downscale it, or remove it")
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 (H, W) or (H, W, 3); one DataError line (exit 5) if it cannot be read."""
+    """Decode an image file to uint8 (H, W) or (H, W, 3), writable (torch takes it as is); one DataError line
+    (exit 5) if it cannot be read."""
     from PIL import Image, UnidentifiedImageError
 
+    _count_decode()
     try:
         with Image.open(path) as im:
-            return to_uint8(im)
+            return np.require(to_uint8(im), requirements="W")
+    except Image.DecompressionBombError:
+        raise too_large(path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image '{path}': {type(e).__name__}", "remove or replace the file") from None
+
+
+_decoded = [0]  # images this process started to decode (tests: a refused config decodes none)
+
+
+def _count_decode() -> None:
+    _decoded[0] += 1
+
+
+def decoded_count() -> int:
+    """How many images this process has started to decode (read_image, check_images)."""
+    return _decoded[0]
 
 
 def _check_one(path: str) -> str | None:
     """None if the file decodes (header and pixel data), else the reason."""
     from PIL import Image
 
+    _count_decode()
     try:
         with Image.open(path) as im:
             im.load()
         return None
+    except Image.DecompressionBombError:
+        return _too_many_pixels()
     except Exception as e:  # noqa: BLE001 (Pillow raises many types for broken files)
         return f"{type(e).__name__}: {str(e)[:120]}"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..images import too_large
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -93,6 +94,8 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.array(im.convert("L" if im.mode in ("L", "I;16", "I", "1") else "RGB"))
+    except Image.DecompressionBombError:
+        raise too_large(path) from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"cannot decode image '{path}': {type(e).__name__}", "remove or replace the file") from None
 
