@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import DataConfig
 from .errors import DataError
-from .images import fingerprint, is_hidden
+from .images import check_class_links, fingerprint, is_hidden
 from .io import sha256_file
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -207,6 +207,7 @@ def _scan_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_hidden(Path(p.name)))
     if not classes:
         raise DataError(f"no class folders in '{root}'", "expected ROOT/<class>/<image> (optionally under train/, val/)")
+    check_class_links(root, classes)
     paths, labels = [], []
     for i, c in enumerate(classes):
         for p in sorted((root / c).rglob("*")):

@@ -28,6 +28,23 @@ def is_hidden(path: Path) -> bool:
     return path.name.startswith(HIDDEN_PREFIXES) or any(part in SKIPPED_DIRS for part in path.parts)
 
 
+def check_class_links(root: Path, classes: list[str]) -> None:
+    """Refuse class folders that are links back into the dataset: a link to another class folder (its images would
+    count twice, as a second class), to the root or a folder above it (a loop). A link elsewhere is followed once."""
+    real_root = root.resolve()
+    seen: dict[Path, str] = {}
+    for c in classes:
+        real = (root / c).resolve()
+        if real == real_root or real in real_root.parents:
+            raise DataError(f"class folder '{root / c}' is a link to '{real}', which holds the dataset itself (a loop)",
+                            "remove the link")
+        other = seen.get(real) or next((o for r, o in seen.items() if r in real.parents or real in r.parents), None)
+        if other is not None:
+            raise DataError(f"class folders '{c}' and '{other}' of '{root}' are the same images through a link",
+                            "remove the link, or give the class a folder of its own images")
+        seen[real] = c
+
+
 def to_uint8(im) -> np.ndarray:
     """A Pillow image as uint8 (H, W) for grayscale modes or (H, W, 3), scaled as the module docstring says."""
     mode = im.mode

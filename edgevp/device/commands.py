@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..io import output_dir, staged_dir
 from .artifact import open_artifact
 from .preprocess import parse_floats, parse_size
 
@@ -30,11 +31,13 @@ def run_eval(artifact: Path, data: Path | None = None, task: int | None = None, 
             if data is None:
                 raise DataError(f"no --data given and no test.npz beside '{artifact}'",
                                 "give --data ROOT (ROOT/<class>/<image>) or the export's test.npz")
+        out = output_dir(out if out is not None else default_out(Path(artifact), art.path))  # exit 2 before work
         ds = load_data(data, limit)
         result = evaluate(art, ds, batch, strict, warn)
         ref = run_reference(art, ds)
-        out = Path(out) if out is not None else default_out(Path(artifact), art.path)
-        return write_eval(out, art, ds, result, ref), out
+        with staged_dir(out) as stage:  # a failed write (a full disk) leaves none of the files in `out`
+            doc = write_eval(stage, art, ds, result, ref)
+        return doc, out
     finally:
         art.close()
 

@@ -16,12 +16,15 @@ import io
 import json
 import sys
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError, IncompatibleError
+from ..images import check_class_links
 from .artifact import Artifact
 from .preprocess import IMAGE_EXTENSIONS, Preprocess
 
@@ -60,6 +63,9 @@ def load_data(data: Path, limit: int | None = None) -> EvalData:
             with np.load(data, allow_pickle=False) as z:
                 images, labels, classes = z["images"], z["labels"], [str(c) for c in z["class_names"]]
                 info = json.loads(str(z["info"])) if "info" in z.files else {}
+        except (zipfile.BadZipFile, EOFError, zlib.error) as e:  # a cut-off copy or download of the export's file
+            raise IncompatibleError(f"'{data}' is corrupt or truncated ({type(e).__name__})",
+                                    "copy it again, or export the run again") from None
         except (OSError, ValueError, KeyError) as e:
             raise DataError(f"'{data}' is not a readable test split (images, labels, class_names): "
                             f"{type(e).__name__}") from None
@@ -71,6 +77,7 @@ def load_data(data: Path, limit: int | None = None) -> EvalData:
     classes = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"no class folders in '{data}'", "expected ROOT/<class>/<image>")
+    check_class_links(data, classes)
     paths, labels = [], []
     for i, c in enumerate(classes):
         for f in sorted((data / c).rglob("*")):
