@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
+import os
 import re
 import types
 import typing
@@ -323,12 +325,24 @@ def set_nested(data: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def _not_a_file(p: Path, what: str) -> str:
+    """Why `p` cannot be read as a file: missing, a folder, a link loop or a link to nothing."""
+    try:
+        p.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"{what} '{p}' is a symbolic link loop"
+        if p.is_symlink():
+            return f"{what} '{p}' is a symbolic link to '{os.readlink(p)}', which does not exist"
+        return f"{what} '{p}' not found"
+    return f"{what} '{p}' is not a file"
+
+
 def load_yaml(path: str | Path, what: str = "recipe") -> dict:
     """A YAML mapping from `path`; `what` names the file in errors (a recipe, or a run's config)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{what} '{path}' not found" if not p.exists() else f"{what} '{path}' is not a file",
-                          "pass a YAML file, e.g. recipes/dinov2_fmnist/vpt_deep.yaml")
+        raise ConfigError(_not_a_file(p, what), "pass a YAML file, e.g. recipes/dinov2_fmnist/vpt_deep.yaml")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
