@@ -95,6 +95,27 @@ def _create_from_hub(name: str, img_size: int | None, num_classes: int | None) -
             "set backbone.weights to a local .safetensors/.pth file, or 'offline' for a bundled backbone") from None
 
 
+def _weights_file(cfg: BackboneConfig) -> Path:
+    """The local weights file `cfg.weights` names; MissingError (exit 4) when it does not exist."""
+    file = Path(cfg.weights).expanduser()
+    if not file.is_file():
+        raise MissingError(f"weights file '{cfg.weights}' not found",
+                           "pass a .safetensors/.pth file in timm key names, or weights=offline|hub|none")
+    return file
+
+
+def check_backbone(cfg: BackboneConfig) -> None:
+    """What creating the backbone would refuse, found without creating it: an unknown name (exit 2), weights that
+    do not exist for it (offline, or a local file: exit 4). Hub weights are only looked for when created."""
+    from .weights import check_offline
+
+    _check_name(cfg.name)
+    if cfg.weights == "offline":
+        check_offline(cfg.name)
+    elif cfg.weights not in ("none", "hub"):
+        _weights_file(cfg)
+
+
 def create_backbone(cfg: BackboneConfig, num_classes: int | None = None) -> tuple[nn.Module, BackboneInfo]:
     """Create the frozen timm backbone of `cfg`; `num_classes=None` keeps the pretrained classifier.
 
@@ -111,10 +132,7 @@ def create_backbone(cfg: BackboneConfig, num_classes: int | None = None) -> tupl
     elif cfg.weights == "hub":
         model = _create_from_hub(cfg.name, cfg.img_size, num_classes)
     else:
-        file = offline_weights_file(cfg.name) if cfg.weights == "offline" else Path(cfg.weights).expanduser()
-        if not file.is_file():
-            raise MissingError(f"weights file '{cfg.weights}' not found",
-                               "pass a .safetensors/.pth file in timm key names, or weights=offline|hub|none")
+        file = offline_weights_file(cfg.name) if cfg.weights == "offline" else _weights_file(cfg)
         try:
             model = _create(cfg.name, cfg.img_size, num_classes, pretrained=True,
                             pretrained_cfg_overlay=dict(file=str(file)))

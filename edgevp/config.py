@@ -165,6 +165,14 @@ class TrainConfig:
               f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
+def check_epochs(epochs: int) -> None:
+    """A training run needs at least one epoch: with none its new head stays random, yet it would export, pack and
+    report like a trained run (exit 2). Condensation fine-tunes with 0 epochs on purpose and does not call this."""
+    if epochs < 1:
+        raise ConfigError(f"train.epochs={epochs} trains nothing: the run's head would stay untrained",
+                          "set train.epochs to 1 or more")
+
+
 @dataclass
 class PromptConfig:
     """Base of every method's config (the `prompt` section of a recipe). The docstring of a subclass is its method's

@@ -1,12 +1,14 @@
 """Build a PromptedModel from a RunConfig, and load one back from a run directory."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
-from .backbone import create_backbone, set_head
+from .backbone import check_backbone, create_backbone, set_head
 from .config import RunConfig
+from .errors import EdgevpError
 from .prompts.base import PromptedModel
 from .registry import get_method
 from .runs import RunDir, read_checkpoint
@@ -27,6 +29,21 @@ def build_model(cfg: RunConfig, num_classes: int) -> PromptedModel:
         set_head(backbone, cfg.train.head_init)
     method = method_cls(cfg.prompt, info)
     return PromptedModel(backbone, method, info)
+
+
+def check_model(cfg: RunConfig) -> None:
+    """Every check on the model of `cfg` that needs no data, so that it runs before any image is read: the backbone
+    name, weights for it, the method on that backbone and its prompt settings (exit 2 or 4). The model is built
+    on the meta device: no memory, no weights read."""
+    check_backbone(cfg.backbone)
+    probe = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, weights="none"))
+    try:
+        with torch.device("meta"):
+            build_model(probe, 2)
+    except EdgevpError:
+        raise
+    except Exception:  # noqa: BLE001 - a method that cannot be built on meta tensors is checked when built for real
+        pass
 
 
 def load_run(path: str | Path, which: str = "best") -> tuple[RunConfig, PromptedModel, dict]:

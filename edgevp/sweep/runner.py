@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..config import load_yaml
+from ..config import check_epochs, load_yaml
 from ..console import Reporter
 from ..errors import EXIT_INTERRUPTED, ConfigError, EdgevpError
 from ..io import sha256_file
@@ -64,6 +64,8 @@ def run_sweep(recipe: str | Path, opts: SweepOptions, sets: list[str] | tuple[st
         raise ConfigError("--grid data.split_protocol: trials always tune on the validation split",
                           "--final retrains the best trial on train+val")
     base = build_run_config(data, [*sets, TUNE])
+    for epochs in {base.train.epochs, *grid.get("train.epochs", [])}:  # each trial's train would refuse it
+        check_epochs(epochs)
     points = grid_points(grid)
     if opts.sampler == "grid" and opts.trials is not None and opts.trials > len(points):
         raise ConfigError(f"trials / --trials: {opts.trials} is more than the grid's {len(points)} points")
