@@ -126,6 +126,7 @@ class Splits:
     test: ImageDataset | None
     classes: list[str]
     source: dict = field(default_factory=dict)  # provenance for the manifest (paths, sha256)
+    files: list[str] = field(default_factory=list)  # every image file of the dataset, before any subset
 
     def image_paths(self) -> list[str]:
         """The image files the splits read (empty for in-memory datasets)."""
@@ -467,7 +468,7 @@ def load_splits(cfg: DataConfig) -> Splits:
         train = merge(train, val)  # the tune protocol's train + val; val stays for monitoring only
         source = {**source, "split_protocol": "final"}
     train.train = True
-    return Splits(train, val, test, train.classes, source)
+    return Splits(train, val, test, train.classes, source, files)
 
 
 def backbone_transform(cfg: DataConfig, info) -> ImageTransform:

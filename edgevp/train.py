@@ -27,7 +27,7 @@ from .cost import model_macs
 from .data import EpochSampler, Splits, backbone_transform, load_splits, make_loader
 from .errors import EXIT_INTERRUPTED, DataError, DivergedError, EdgevpError, IncompatibleError
 from .evaluation import autocast, evaluator, resolve_device
-from .images import check_images
+from .images import check_images, content_sha256, dataset_change
 from .io import append_jsonl, write_text
 from .model import build_model, check_model
 from .prompts.base import PromptedModel
@@ -190,17 +190,19 @@ def _start_over(path: Path, overwrite: bool, rep: Reporter | None) -> None:
     old.clear()
 
 
-def _check_same_data(run: RunDir, source: dict) -> None:
-    """Refuse to resume on a dataset whose files changed since the run started (exit 6, saying what changed)."""
-    before = (run.manifest().get("inputs") or {}).get("data") or {}
-    for key in ("fingerprint", "sha256"):
-        if key in before and before[key] != source.get(key):
-            was, now = before[key], source.get(key)
-            what = (f"{was.get('files')} files then, {now.get('files')} now" if key == "fingerprint" and now and
-                    was.get("files") != now.get("files") else "the same number of files, but some were changed"
-                    if key == "fingerprint" else "the dataset files' sha256 differ")
-            raise IncompatibleError(f"the dataset of run '{run.path}' changed since it started: {what}",
-                                    "restore the data, or start a new run")
+def _check_same_data(run: RunDir, splits: Splits) -> None:
+    """Refuse to resume on a dataset whose files changed since the run started (exit 6, saying what changed); files
+    with the same names and sizes but other mtimes (a copy) are compared by content."""
+    before, source = (run.manifest().get("inputs") or {}).get("data") or {}, splits.source
+    what = None
+    if "fingerprint" in before:
+        what = dataset_change(before["fingerprint"], source.get("fingerprint") or {}, splits.files,
+                              source.get("root"))
+    if what is None and "sha256" in before and before["sha256"] != source.get("sha256"):
+        what = "the dataset files' sha256 differ"
+    if what is not None:
+        raise IncompatibleError(f"the dataset of run '{run.path}' changed since it started: {what}",
+                                "restore the data, or start a new run")
 
 
 def _read_resume(path: Path) -> tuple[RunConfig, dict]:
@@ -218,10 +220,12 @@ def _read_resume(path: Path) -> tuple[RunConfig, dict]:
 def _check_data(path: Path, resuming: bool, splits: Splits, reporter: Reporter | None) -> None:
     """Before training: the same dataset as the run started on (resume), and every image file decodes."""
     if resuming:
-        _check_same_data(RunDir(path), splits.source)
+        _check_same_data(RunDir(path), splits)
     if splits.image_paths():  # every image decoded once before the first step (cached by path, size and mtime)
         checked, cached = check_images(splits.image_paths())
         (reporter or Reporter()).log(f"checked {checked} images ({cached} unchanged since an earlier check)")
+    if not resuming and "fingerprint" in splits.source:  # what a resume on a copy of the data compares
+        splits.source["fingerprint"]["content_sha256"] = content_sha256(splits.files, splits.source.get("root"))
 
 
 def _diverged(run: RunDir, loss: float, epoch: int, step: int) -> DivergedError:
