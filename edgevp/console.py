@@ -27,8 +27,9 @@ class Reporter:
 
     def log(self, msg: str, to_screen: bool = True) -> None:
         if self.log_file is not None:
-            with open(self.log_file, "a") as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+            from .io import append_line
+
+            append_line(self.log_file, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
         if to_screen and not self.quiet:
             if self.tty:
                 self.console.print(msg, markup=False)

@@ -172,7 +172,15 @@ def _record_failure(run: RunDir, error: BaseException) -> None:
         return  # nothing was created yet
     if stages and stages[-1].get("status") == "running":
         message = error.line() if isinstance(error, EdgevpError) else f"{type(error).__name__}: {error}"
-        run.set_stage("train", status="failed", error=message)
+        _mark(run, status="failed", error=message)
+
+
+def _mark(run: RunDir, **fields) -> None:
+    """Record how the train stage ended, where the disk still allows it: the error being raised is the one to show."""
+    try:
+        run.set_stage("train", **fields)
+    except OSError:  # a full disk (DiskFullError is one): the manifest keeps its last whole state
+        pass
 
 
 def _start_over(path: Path, overwrite: bool, rep: Reporter | None) -> None:
@@ -181,7 +189,8 @@ def _start_over(path: Path, overwrite: bool, rep: Reporter | None) -> None:
     if not old.manifest_path.exists():
         return
     stages = [s for s in old.manifest().get("stages", []) if s.get("name") == "train"] if not overwrite else []
-    failed_empty = not old.has_checkpoint() and (not stages or stages[-1].get("status") != "completed")
+    # nothing to resume (a run that stopped before its first resume state, a full disk included): started over
+    failed_empty = not old.resume_path.is_file() and (not stages or stages[-1].get("status") != "completed")
     if not (overwrite or failed_empty):
         raise IncompatibleError(f"run directory '{path}' already exists",
                                 f"resume it: --resume {path}; or start it over: --overwrite")
@@ -439,19 +448,19 @@ def _fit(cfg: RunConfig, path: Path, resuming: bool, command, recipe_sha256, rep
             rep.stop_bar()
             tracker.close()
             if main:
-                run.set_stage("train", status="interrupted", seconds=round(progress["seconds"], 3))
+                _mark(run, status="interrupted", seconds=round(progress["seconds"], 3))
             raise
         except Pruned as e:
             rep.stop_bar()
             tracker.close()
             if main:
-                run.set_stage("train", status="pruned", error=e.line(), seconds=round(time.time() - t_start, 3))
+                _mark(run, status="pruned", error=e.line(), seconds=round(time.time() - t_start, 3))
             raise
         except BaseException as e:
             rep.stop_bar()
             tracker.close()
             if main:
-                run.set_stage("train", status="failed", error=f"{type(e).__name__}: {e}")
+                _mark(run, status="failed", error=f"{type(e).__name__}: {e}")
             raise
     return _finish(run, cfg, model, splits, device, progress, rep, tracker)
 
