@@ -62,6 +62,8 @@ def world(tmp_path_factory):
     (corrupt / "c1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     a_file = root / "a_file.txt"
     a_file.write_text("x")
+    (root / "loop.yaml").symlink_to(root / "loop2.yaml")
+    (root / "loop2.yaml").symlink_to(root / "loop.yaml")
     return {"run": run, "lor": lor, "recipe": RECIPES / "tiny" / "vpt_deep.yaml", "empty": empty_recipe,
             "lorrecipe": RECIPES / "tiny" / "lorvp.yaml", "e2recipe": RECIPES / "tiny" / "e2vpt.yaml",
             "broken": broken_yaml, "list": list_recipe, "folder": folder, "one": one_class, "corrupt": corrupt,
@@ -81,6 +83,8 @@ CASES = [
     (["train", T, "-s", "train.lrr=1"], 2, "did you mean 'train.lr'"),
     (["train", T, "-s", "train.epochs=two"], 2, "expected an integer"),
     (["train", T, "-s", "train.epochs=-1"], 2, "epochs must be >= 0"),
+    (["train", T, "-s", "train.epochs=0"], 2, "train.epochs=0 trains nothing"),
+    (["train", "{root}/loop.yaml"], 2, "is a symbolic link loop"),
     (["train", T, "-s", "train.lr=-0.01"], 2, "lr must be > 0"),
     (["train", T, "-s", "train.lr=0"], 2, "lr must be > 0"),
     (["train", T, "-s", "train.weight_decay=-1"], 2, "weight_decay and momentum must be >= 0"),
@@ -180,6 +184,14 @@ CASES = [
     (["report", "{root}/nowhere", "-o", "{tmp}/r"], 6, "does not exist"),
     (["report", "{run}", "--profile", "{root}/nowhere.json", "-o", "{tmp}/r"], 6, "does not exist"),
     (["report", "{run}", "--profile", "{file}", "-o", "{tmp}/r"], 6, "not a readable edgevp profile.json"),
+    (["report", "{run}", "-o", "{file}/sub"], 2, "cannot write to"),
+    # -- eval and predict -------------------------------------------------------------------------------------------
+    (["eval", "{onnx}", "--data", "{folder}", "-o", "{file}/sub"], 2, "cannot write to"),
+    (["eval", "{onnx}", "--data", "{folder}", "--batch", "0", "-o", "{tmp}/e"], 2, "--batch and --limit must be >= 1"),
+    (["eval", "{root}/nowhere.onnx", "-o", "{tmp}/e"], 6, "does not exist"),
+    (["eval", "{onnx}", "--data", "{root}/nowhere", "-o", "{tmp}/e"], 5, "does not exist"),
+    (["predict", "{onnx}", "{root}/nowhere.png"], 5, "does not exist"),
+    (["predict", "{onnx}", "{folder}", "--top-k", "0"], 2, "--batch and --top-k must be >= 1"),
     (["list", "nonsense"], 2, "cannot list 'nonsense'"),
 ]
 
