@@ -652,6 +652,42 @@ def predict(
         typer.echo(P.summary(res))
 
 
+@app.command(epilog="Examples: `edgevp check runs/vpt/export/trt-fp16` (every platform the bundle is for) · "
+                    "`edgevp check trt-int8 --trt-version 8.6` (on a JetPack 6.0 device, before build_engine.sh)")
+@handle_errors
+def check(
+    bundle: Annotated[Path, typer.Argument(help="a TensorRT device bundle folder (trt-<precision>/ of an export or "
+                                                "a pack), or a file in it")],
+    trt_version: Annotated[Optional[str], typer.Option(
+        help="the device's TensorRT version (8.5, 8.6.2, 10.3, ...): check only its rules and refuse a bundle not "
+             "made for it; default: every platform the bundle was made for")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Check a device bundle against the documented rules of TensorRT's ONNX importer and trtexec (per version),
+    DeepStream's nvinfer config parser and Triton's model config: torch-free, so it runs on the device.
+
+    Exit codes: 3 a rule is broken (each printed with its fix and the tool's source line) · 6 not a bundle, or made
+    for another TensorRT than --trt-version · 4 the onnx package is missing.
+    """
+    import json
+
+    from .conformance.bundle import check_bundle
+    from .errors import VerificationError
+
+    report = check_bundle(bundle, trt_version)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        for f in report.findings:
+            typer.echo(str(f))
+    if not report.ok:
+        raise VerificationError(f"{bundle}: {len(report.to_dict()['errors'])} device-tool rule(s) broken for "
+                                f"{', '.join(report.platforms)}", "fix them or export the bundle again")
+    if not json_out:
+        typer.echo(f"ok: {bundle} conforms for {', '.join(report.platforms)} "
+                   f"({len(report.findings)} warning(s))")
+
+
 def main() -> None:
     try:
         app()

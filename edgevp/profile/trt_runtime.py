@@ -141,9 +141,11 @@ class TrtEngineRunner:
         self.cuda.synchronize(self.stream)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Outputs of the (single-input, single-output) engine on `x`, `batch` rows at a time (the last padded)."""
+        """Logits of the single-input engine on `x`, `batch` rows at a time (the last padded): its `logits` output
+        (a bundle's engine also has `probs`), or its only one."""
         (iptr, ishape, idtype, _), = [v for v in self.io.values() if v[3]]
-        (optr, oshape, odtype, _), = [v for v in self.io.values() if not v[3]]
+        outputs = {k: v for k, v in self.io.items() if not v[3]}
+        optr, oshape, odtype, _ = outputs["logits"] if "logits" in outputs else next(iter(outputs.values()))
         outs = []
         for i in range(0, len(x), self.batch):
             chunk = x[i:i + self.batch]
