@@ -71,6 +71,16 @@ def test_config_is_checked_before_any_image_is_decoded(tmp_path, fresh_cache, se
     assert not (tmp_path / "run").exists()  # nor a run directory created
 
 
+def test_an_unwritable_run_directory_is_found_before_any_image_is_decoded(tmp_path, fresh_cache):
+    data = _folder(tmp_path / "data")
+    (tmp_path / "a_file").write_text("x")
+    before = images.decoded_count()
+    out = tmp_path / "a_file" / "run"
+    r = runner.invoke(app, ["train", str(RECIPE), *FOLDER, "-s", f"data.root={data}", "-o", str(out)])
+    assert r.exit_code == 2 and "cannot write to" in _one_line(r)
+    assert images.decoded_count() == before
+
+
 def test_the_decode_counter_counts_the_images_a_training_checks(tmp_path, fresh_cache):
     before = images.decoded_count()
     images.check_images([str(p) for p in sorted(_folder(tmp_path / "data").rglob("*.png"))])
