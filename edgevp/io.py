@@ -41,6 +41,31 @@ def cannot_write(path: str | Path, error: OSError) -> ConfigError:
     return ConfigError(f"cannot write to '{path}': {error.strerror or error}", "choose a writable directory")
 
 
+def check_writable(path: str | Path) -> Path:
+    """Check that folder `path` can be written (or created) without creating anything: its nearest existing ancestor
+    must be a writable folder. ConfigError (exit 2) with the sentence of `cannot_write` if not."""
+
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise cannot_write(path, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only(probe) else errno.EACCES
+        raise cannot_write(path, OSError(code, os.strerror(code)))
+    return path
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def output_dir(path: str | Path) -> Path:
     """Create folder `path` (and its parents) and check a file can be created in it; ConfigError (exit 2) if not."""
     path = Path(path)

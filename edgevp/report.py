@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from .errors import ConfigError, IncompatibleError
-from .io import atomic_path, output_dir, staged_dir, write_json, write_text
+from .io import atomic_path, check_writable, staged_dir, write_json, write_text
 from .optional import pyplot
 from .runs import RunDir
 from .sweep.summary import is_sweep, sweep_section
@@ -352,7 +352,7 @@ def write_report(runs: list[Path], out: Path, profiles: list[Path] = ()) -> tupl
     runs = [r for r in runs if r not in packs and r not in sweeps]
     if not runs and not packs and not sweeps:
         raise ConfigError("give at least one run directory")
-    output_dir(out)  # unwritable: exit 2 before any run is read
+    check_writable(out)  # unwritable: exit 2 before any run is read (created only when written)
     found = _profiles(runs, profiles)
     rows = [summarize(r, found) for r in runs]
     with staged_dir(out) as stage:  # a failed report (a full disk) leaves none of its files in `out`

@@ -100,7 +100,7 @@ class RunDir:
         write_text(run.config_path, run_config_to_yaml(cfg))
         write_json(run.manifest_path, {
             "schema_version": SCHEMA_VERSION, "run_id": path.name, "created_at": now(), "command": command,
-            "edgevp_version": edgevp_version(), "method": cfg.method, "backbone": cfg.backbone.name,
+            "pid": os.getpid(), "edgevp_version": edgevp_version(), "method": cfg.method, "backbone": cfg.backbone.name,
             "seed": cfg.train.seed, "deterministic": cfg.train.deterministic, "env": environment(),
             "inputs": inputs, "stages": [],
         })

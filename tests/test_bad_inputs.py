@@ -161,7 +161,7 @@ CASES = [
     (["condense", "{root}/nowhere", "-o", "{tmp}/c"], 6, "not an edgevp run directory"),
     # -- export -------------------------------------------------------------------------------------------------------
     (["export", "{run}", "--target", "tflite", "-o", "{tmp}/e"], 2, "unknown export target"),
-    (["export", "{run}", "--opset", "13", "-o", "{tmp}/e"], 2, "cannot take opset 13"),
+    (["export", "{run}", "--opset", "13", "-o", "{tmp}/e"], 2, "cannot write opset 13"),
     (["export", "{run}", "--atol", "-1", "-o", "{tmp}/e"], 2, "atol and max_drop must be >= 0"),
     (["export", "{run}", "--gate-images", "0", "-o", "{tmp}/e"], 2, "must be >= 1"),
     (["export", "{run}", "--int8-mode", "dynamc", "-o", "{tmp}/e"], 2, "'dynamc' is not one of static, dynamic"),

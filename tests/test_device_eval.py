@@ -292,7 +292,8 @@ def test_bundle_files_parse_with_real_parsers(run, tmp_path):
     cfg = text_format.Parse((bundle / "triton" / model / "config.pbtxt").read_text(), pb2.ModelConfig())
     assert cfg.name == model and cfg.platform == "tensorrt_plan" and cfg.max_batch_size == 0  # fixed batch-1 engine
     assert [(i.name, list(i.dims), i.data_type) for i in cfg.input] == [("input", [1, 3, 32, 32], pb2.TYPE_FP32)]
-    assert [(o.name, list(o.dims), o.label_filename) for o in cfg.output] == [("logits", [1, 10], "labels.txt")]
+    assert [(o.name, list(o.dims), o.label_filename) for o in cfg.output] == [("logits", [1, 10], "labels.txt"),
+                                                                               ("probs", [1, 10], "labels.txt")]
     assert (bundle / "triton" / model / "labels.txt").read_text().splitlines() == classes
     assert (bundle / "triton" / model / "1").is_dir()
     onnx_dir = bundle / "triton" / meta["triton"]["onnxruntime"]
@@ -306,8 +307,10 @@ def test_bundle_files_parse_with_real_parsers(run, tmp_path):
     assert p["onnx-file"] == "../model.onnx" and p["labelfile-path"] == "labels.txt" and p["network-type"] == "1"
     assert float(p["net-scale-factor"]) == pytest.approx(0.00392156862745098, abs=1e-15)
     assert p["offsets"] == "0;0;0" and p["model-color-format"] == "0" and p["infer-dims"] == "3;32;32"
-    assert p["batch-size"] == "1" and p["network-mode"] == "0" and p["output-blob-names"] == "logits"
-    assert float(p["classifier-threshold"]) < -1e20
+    # nvinfer's classifier parser reads probabilities: the Softmax output, a threshold >= 0 (a negative one is a
+    # parse error), and the training interpolation (bicubic) instead of the nearest-neighbour default
+    assert p["batch-size"] == "1" and p["network-mode"] == "0" and p["output-blob-names"] == "probs"
+    assert float(p["classifier-threshold"]) == 0 and p["scaling-filter"] == "2"
     assert (bundle / "deepstream" / "labels.txt").read_text().strip().split(";") == classes
 
     # build_engine.sh names the engine after TensorRT, GPU and precision and puts it where Triton/DeepStream look

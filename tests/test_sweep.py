@@ -94,9 +94,9 @@ def test_two_worker_processes_share_one_sqlite_study_and_run_each_point_once(tmp
     assert sorted(_points(trials)) == sorted(POINTS)
     runs = list((out / "trials").iterdir())
     assert len(runs) == 4
-    # each run's lock file names the process that wrote it: both workers took trials from the one study
-    writers = {(r / ".edgevp.lock").read_text().split(":")[0] for r in runs}
-    assert writers == {f"pid {w.pid}" for w in workers}
+    # each run's manifest names the process that created it: both workers took trials from the one study
+    writers = {json.loads((r / "manifest.json").read_text())["pid"] for r in runs}
+    assert writers == {w.pid for w in workers}
 
 
 TAKER = """

@@ -6,7 +6,7 @@ import torch
 
 from edgevp.errors import DivergedError, IncompatibleError
 from edgevp.model import load_run
-from edgevp.runs import LOCK_NAME, RunDir, read_checkpoint
+from edgevp.runs import RunDir, read_checkpoint
 from edgevp.train import Interrupted, fit, lr_at
 
 from .conftest import tiny_config
@@ -74,8 +74,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path):
     run = RunDir(tmp_path / "run")
     assert run.manifest()["stages"][-1]["status"] == "failed"
     assert run.config().method == "vpt"  # what was written stays readable
-    # and no temporary half-written file is left behind (the writer lock is the one dotfile a run keeps)
-    assert [p.name for p in run.path.rglob(".*")] == [LOCK_NAME]
+    # and no temporary half-written file is left behind, nor the writer lock (removed when its holder finishes)
+    assert [p.name for p in run.path.rglob(".*")] == []
 
 
 def test_checkpoint_from_another_method_is_refused(tmp_path):
