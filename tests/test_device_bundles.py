@@ -293,6 +293,15 @@ def test_edgevp_check_cli(bundles, tmp_path):
     assert r.exit_code == 2 and "imports ONNX opsets up to 17" in r.output
 
 
+def test_check_runs_on_a_device_without_torch(bundles, no_torch_env):
+    """`edgevp check` is what a Jetson user runs before build_engine.sh: numpy, onnx and the rules, no training stack."""
+    r = subprocess.run([sys.executable, "-m", "edgevp", "check", str(bundles["pack"]), "--trt-version", "8.5.2",
+                        "--json"], env=no_torch_env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["ok"] and report["platforms"] == ["jp5.1"] and report["warnings"]  # the INT64 task input note
+
+
 @pytest.mark.trt
 @pytest.mark.parametrize("form", FORMS)
 def test_build_and_verify_each_bundle_on_a_device(bundles, form, tmp_path):
