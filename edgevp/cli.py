@@ -437,6 +437,13 @@ PLATFORM_HELP = ("the TensorRT platforms the artifact must import on: all (every
 OPSET_HELP = "ONNX opset, 17 or 18 (default: the newest every --platform imports: 17 for all, JetPack 5.1 and 6.0)"
 
 
+MAX_DROP_HELP = ("allowed val top-1 drop vs fp32 (points); fails only when the drop's lower bound at "
+                 "--gate-confidence exceeds it")
+MIN_AGREEMENT_HELP = ("top-1 agreement floor vs fp32 (0..1); fails only when the agreement's upper bound at "
+                      "--gate-confidence is below it")
+CONFIDENCE_HELP = "confidence of the precision gate's exact one-sided bounds (0.5..1)"
+
+
 @app.command("export", epilog="Examples: `edgevp export runs/vpt` · `edgevp export runs/vpt --target ort-fp16` · "
                               "`edgevp export runs/lorvp --target trt-fp16 --opset 17` (without TensorRT: writes the "
                               "device bundle, exit 4)")
@@ -458,14 +465,17 @@ def export_(
     simplify: Annotated[str, typer.Option(help="auto | onnxsim | onnxslim | none")] = "auto",
     checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
     atol: Annotated[float, typer.Option(help="parity gate: max abs logit difference ORT vs PyTorch")] = 1e-4,
-    max_drop: Annotated[float, typer.Option(help="fp16/int8 gate: allowed val top-1 drop vs fp32 (points)")] = 2.0,
+    max_drop: Annotated[float, typer.Option(help="fp16/int8/TensorRT gate: " + MAX_DROP_HELP)] = 2.0,
+    min_agreement: Annotated[float, typer.Option(help="fp16/int8/TensorRT gate: " + MIN_AGREEMENT_HELP)] = 0.9,
+    gate_confidence: Annotated[float, typer.Option(help=CONFIDENCE_HELP)] = 0.95,
     int8_mode: Annotated[str, typer.Option(help="ort-int8: static (QDQ, calibrated) | dynamic")] = "static",
     calib_method: Annotated[str, typer.Option(help="static int8 activation ranges: minmax | percentile | entropy")]
     = "minmax",
     int8_ops: Annotated[str, typer.Option(help="static int8: matmul (MatMul/Gemm/Conv only) | all (ONNX Runtime's "
                                                "op set: also norms, Softmax, Add; less accurate on ViTs)")] = "matmul",
-    gate_images: Annotated[int, typer.Option(help="validation images for the parity and accuracy gates (at most "
-                                                  "the split)")] = 256,
+    gate_images: Annotated[int, typer.Option(help="images for the parity and precision gates: validation images "
+                                                  "(at most the split), topped up with training images for the "
+                                                  "agreement")] = 256,
     trt_dynamic_batch: Annotated[bool, typer.Option(help="TensorRT: a dynamic batch profile (1..--trt-max-batch) "
                                                          "instead of a fixed batch-1 engine")] = False,
     trt_max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the dynamic profile")] = 8,
@@ -486,11 +496,13 @@ def export_(
     sidecar = export_run(run, ExportOptions(
         target=target, platform=platform, opset=opset, out=out, dynamic_batch=dynamic_batch, include_preprocess=include_preprocess,
         exporter=exporter, simplify=simplify, checkpoint=checkpoint, atol=atol, max_drop=max_drop,
+        min_agreement=min_agreement, gate_confidence=gate_confidence,
         int8_mode=int8_mode, calib_method=calib_method, int8_ops=int8_ops, gate_images=gate_images,
         trt_dynamic_batch=trt_dynamic_batch, trt_max_batch=trt_max_batch, with_references=with_references,
         test_images=test_images))
     p, acc, fold = sidecar["parity"], sidecar.get("accuracy_vs_fp32"), sidecar["fold"]
-    extra = f", top-1 {acc['top1']:.2f} vs fp32 {acc['top1_fp32']:.2f}" if acc else ""
+    extra = (f", top-1 {acc['top1']:.2f} vs fp32 {acc['top1_fp32']:.2f}, agreement {acc['top1_agreement']:.3f} on "
+             f"{acc['images']} images" if acc else "")
     typer.echo(f"done: {target} ({fold['kind']} fold), parity max "
                f"abs {p['max_abs']:.2e}, top-1 agreement {p['top1_agreement']:.3f}{extra} -> "
                f"{', '.join(sidecar['files'])} in {out or run / 'export'}")
@@ -513,9 +525,12 @@ def pack(
     platform: Annotated[str, typer.Option(help=PLATFORM_HELP)] = "all",
     opset: Annotated[Optional[int], typer.Option(help=OPSET_HELP)] = None,
     checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
-    gate_images: Annotated[int, typer.Option(help="validation images per task for the exactness gate")] = 32,
+    gate_images: Annotated[int, typer.Option(help="images per task for the gates: validation images, topped up "
+                                                  "with training images")] = 32,
     atol: Annotated[float, typer.Option(help="max abs logit difference, pack vs each run's own export")] = 1e-4,
-    max_drop: Annotated[float, typer.Option(help="fp16: allowed val top-1 drop per task vs fp32 (points)")] = 2.0,
+    max_drop: Annotated[float, typer.Option(help="fp16, per task: " + MAX_DROP_HELP)] = 2.0,
+    min_agreement: Annotated[float, typer.Option(help="fp16, per task: " + MIN_AGREEMENT_HELP)] = 0.9,
+    gate_confidence: Annotated[float, typer.Option(help=CONFIDENCE_HELP)] = 0.95,
     trt_max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the dynamic profile")] = 8,
     max_tasks: Annotated[int, typer.Option(help="TensorRT with --tables-as-inputs: largest task count of the "
                                                 "engine's profile")] = 16,
@@ -538,6 +553,7 @@ def pack(
 
     opts = PackOptions(target=target, tables_as_inputs=tables_as_inputs, include_preprocess=include_preprocess,
                        platform=platform, opset=opset, checkpoint=checkpoint, gate_images=gate_images, atol=atol, max_drop=max_drop,
+                       min_agreement=min_agreement, gate_confidence=gate_confidence,
                        trt_max_batch=trt_max_batch, max_tasks=max_tasks, kv_capacity=kv_capacity,
                        update_tables=update_tables)
     side = pack_runs(runs or [], out, opts)

@@ -168,7 +168,7 @@ def build_fp32(ctx, name: str = "model.onnx", probabilities: bool = False) -> di
     x, y = ctx.images("val", opts.gate_images)
     ref = torch_logits(ctx.model, x)
     sess = session(path)
-    got = run_ort(sess, ctx.deploy_input(x), 8 if opts.dynamic_batch else 1)
+    got = run_ort(sess, ctx.deploy_input(x), ctx.batch)
     parity = compare(ref, got)
     if opts.dynamic_batch:  # the batch axis must really be free: batch 1 must agree too
         parity["max_abs_batch1"] = float(np.abs(run_ort(sess, ctx.deploy_input(x[:2]), 1) - got[:2]).max())

@@ -8,8 +8,9 @@
   Static Q/DQ is what TensorRT's importer takes (`edgevp.conformance.rules`): symmetric activations and weights
   (every zero point 0) and biases left in fp32 (no INT32 DequantizeLinear); quantize_static's defaults are neither.
 
-Both report val top-1 of the fp32 and the reduced model against the labels and their top-1 agreement; a drop of
-more than `max_drop` points marks the artifact failed.
+Both are gated against the fp32 model (`precision.py`): top-1 agreement on every gate image and the labelled val
+top-1 drop, each with an exact one-sided bound; the artifact fails only when the evidence says it is worse than
+`min_agreement` / `max_drop`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 from ..conformance.graph import for_tensorrt
 from ..errors import MissingError
 from .onnx import build_fp32, compare, run_ort, session
+from .precision import precision_gate, top_up
 from .targets import register_target
 
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Erf"]
@@ -119,30 +121,45 @@ def to_int8(src, dst, calib: np.ndarray | None, mode: str = "static", method: st
             cache.unlink(missing_ok=True)
 
 
-def gate_vs_fp32(ctx, got: np.ndarray, result: dict, key: str = "accuracy_vs_fp32", what: str = "val top-1") -> dict:
-    """Compare logits `got` on the val images with the fp32 ONNX's: record the report under `result[key]` and mark
-    `result` failed when the val top-1 drops by more than `max_drop` points."""
-    _, y = ctx.info["val"]
-    fp32 = ctx.info["fp32_logits"]
-    rep = compare(fp32, got)
-    rep.update(top1_fp32=float((fp32.argmax(1) == y).mean() * 100), top1=float((got.argmax(1) == y).mean() * 100))
-    rep["top1_drop"] = rep["top1_fp32"] - rep["top1"]
+def gate_vs_fp32(ctx, logits, result: dict, key: str = "accuracy_vs_fp32", what: str = "") -> dict:
+    """Gate a reduced-precision model, `logits(x)` its logits on deploy inputs `x`, against the fp32 ONNX on the
+    val images and the training images that top them up (`precision.py`): the record goes under `result[key]`,
+    and `result` is marked failed (its error prefixed by `what`) when the evidence says it is worse than the
+    options allow."""
+    x, y = ctx.info["val"]
+    extra, fp32_extra = agreement_images(ctx)
+    got = logits(ctx.deploy_input(x))
+    if len(extra):
+        got = np.concatenate([got, logits(ctx.deploy_input(extra))])
+    ref = np.concatenate([ctx.info["fp32_logits"], fp32_extra]) if len(extra) else ctx.info["fp32_logits"]
+    rep = {**compare(ref, got), **precision_gate(ref, got, y, ctx.opts.max_drop, ctx.opts.min_agreement,
+                                                 ctx.opts.gate_confidence)}
+    failed = rep.pop("failed")
     result[key] = rep
-    if result["status"] == "ok" and rep["top1_drop"] > ctx.opts.max_drop:
-        result.update(status="failed", error=f"{what} drops {rep['top1_drop']:.2f} points vs fp32 "
-                                             f"(max {ctx.opts.max_drop:g})")
+    if result["status"] == "ok" and failed:
+        result.update(status="failed", error=what + failed)
     return result
 
 
+def agreement_images(ctx) -> tuple[np.ndarray, np.ndarray]:
+    """The training images that top the val images up to `gate_images` (none when validation has enough) and the
+    fp32 ONNX's logits on them; computed once per export."""
+    if "agreement_images" not in ctx.info:
+        x_val, _ = ctx.info["val"]
+        x = top_up(ctx.splits().train, len(x_val), ctx.opts.gate_images, ctx.opts.calib_images)
+        fp32 = run_ort(session(ctx.work / "model.onnx"), ctx.deploy_input(x), ctx.batch) if len(x) else None
+        ctx.info["agreement_images"] = (x, fp32)
+    return ctx.info["agreement_images"]
+
+
 def _accuracy_gate(ctx, name: str, result: dict) -> dict:
-    """Evaluate ONNX file `name` against the fp32 ONNX on the val images; it becomes the target's only file."""
+    """Gate ONNX file `name` against the fp32 ONNX; it becomes the target's only file."""
     from ..io import sha256_file as sha256
 
-    x, _ = ctx.info["val"]
-    got = run_ort(session(ctx.work / name), ctx.deploy_input(x), 8 if ctx.opts.dynamic_batch else 1)
+    sess = session(ctx.work / name)
     result["files"] = [name]  # the fp32 file is the `onnx` target's artifact; it stays out of this one
     result["sha256"] = {n: sha256(ctx.work / n) for n in result["files"]}
-    return gate_vs_fp32(ctx, got, result)
+    return gate_vs_fp32(ctx, lambda x: run_ort(sess, x, ctx.batch), result)
 
 
 @register_target("ort-fp16", help="fp16 ONNX (LayerNorm/Softmax in fp32) for ONNX Runtime / TensorRT strong typing")

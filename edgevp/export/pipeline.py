@@ -39,12 +39,18 @@ class ExportOptions:
     exporter: Literal["dynamo", "legacy"] = "dynamo"
     simplify: Literal["auto", "onnxsim", "onnxslim", "none"] = "auto"  # auto: onnxsim, then onnxslim
     checkpoint: Literal["best", "last"] = "best"
-    # validation images for the parity and accuracy gates (at most the split): a 2-point drop is 1.3 images at 64,
-    # too few to tell int8 noise from loss (the demo's LoR-VP int8: -4.69 on 64 images, -1.33 on 300, -0.8 on test)
+    # images for the parity and precision gates: validation images (at most the split); the precision gate's
+    # agreement tops them up with training images when validation has fewer (the demo's LoR-VP int8: -4.69 on 64
+    # val images, -1.33 on 300, -0.8 on test: a few images are noise, hence the bounds below)
     gate_images: int = 256
     atol: float = 1e-4  # max abs logit difference, ORT fp32 vs the PyTorch prompted model
-    min_top1_agreement: float = 1.0
-    max_drop: float = 2.0  # fp16/int8: allowed val top-1 drop vs fp32, percentage points
+    min_top1_agreement: float = 1.0  # fp32 parity: top-1 agreement ORT vs PyTorch
+    # fp16/int8/TensorRT precision gate (precision.py), failing only on evidence at `gate_confidence`: a val top-1
+    # drop vs fp32 whose lower bound exceeds `max_drop` points, or an agreement whose upper bound is below
+    # `min_agreement`
+    max_drop: float = 2.0
+    min_agreement: float = 0.9
+    gate_confidence: float = 0.95
     int8_mode: Literal["static", "dynamic"] = "static"  # static: QDQ calibrated on training images
     calib_images: int = 64
     # static int8: activation ranges, and which ops get Q/DQ (matmul: MatMul/Gemm/Conv; all: ORT's default set).
@@ -67,8 +73,17 @@ class ExportOptions:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.atol < 0 or self.max_drop < 0 or not 0 <= self.min_top1_agreement <= 1:
             raise ConfigError("atol and max_drop must be >= 0 and min_top1_agreement in [0, 1]")
+        check_gate(self)
         target = get_target(self.target)
         self.opset = platform_opset(self.platform, target.opsets, self.opset)
+
+
+def check_gate(opts) -> None:
+    """The precision gate's options (export and pack): a floor in [0, 1], a confidence in [0.5, 1)."""
+    if not 0 <= opts.min_agreement <= 1:
+        raise ConfigError(f"min_agreement must be in [0, 1], got {opts.min_agreement:g}")
+    if not 0.5 <= opts.gate_confidence < 1:
+        raise ConfigError(f"gate_confidence must be in [0.5, 1), got {opts.gate_confidence:g}")
 
 
 def platform_opset(platform: str, opsets: tuple[int, ...], opset: int | None) -> int:
@@ -114,17 +129,19 @@ class ExportContext:
 
     def images(self, split: str, n: int):
         """The first `n` images of a split as (float32 N×3×H×W in [0, 1], int64 labels) numpy arrays."""
-        import numpy as np
-        import torch
+        from .precision import images_of
 
         ds = getattr(self.splits(), split)
         if ds is None or len(ds) == 0:
             from ..errors import DataError
 
             raise DataError(f"the run's {split} split is empty; cannot verify the export")
-        n = min(n, len(ds))
-        xs, ys = zip(*(ds[i] for i in range(n)))
-        return torch.stack(xs).numpy().astype(np.float32), np.asarray(ys, dtype=np.int64)
+        return images_of(ds, 0, n)
+
+    @property
+    def batch(self) -> int:
+        """The batch the ONNX Runtime gates run with (1 for a fixed-batch graph)."""
+        return 8 if self.opts.dynamic_batch else 1
 
     def classes(self) -> list[str]:
         return list(self.splits().classes)

@@ -23,7 +23,7 @@ from ..errors import MissingError, VerificationError
 from ..io import sha256_file as sha256, write_json
 from ..optional import require
 from .onnx import INPUT, build_fp32
-from .ort import _accuracy_gate, gate_vs_fp32, gated_int8, to_fp16
+from .ort import _accuracy_gate, agreement_images, gate_vs_fp32, gated_int8, to_fp16
 from .targets import register_target
 from .trt_bundle import engine_shapes, write_bundle
 
@@ -115,6 +115,8 @@ def build_trt(ctx, precision: str) -> dict:
         result = _accuracy_gate(ctx, "model.fp16.onnx", result)
     elif result["status"] == "ok" and precision == "int8":
         result = gated_int8(ctx, result, "static", probabilities=True)  # TensorRT takes explicit Q/DQ only
+    if result["status"] == "ok":
+        agreement_images(ctx)  # the engine's gate needs the fp32 logits, and the bundle takes the fp32 file
     bundle, onnx_name = write_bundle(ctx, precision, result)
     result = gate_bundle(bundle, result)  # every file against the device tools' rules (edgevp check)
     result.pop("sha256", None)
@@ -156,10 +158,9 @@ def build_trt(ctx, precision: str) -> dict:
 
 
 def _engine_gate(ctx, engine_path: Path, batch: int, result: dict) -> dict:
-    """Check the engine's logits on the validation images against the ORT fp32 logits (as the ONNX gates do)."""
-    x, _ = ctx.info["val"]
-    got = engine_logits(engine_path, ctx.deploy_input(x), batch)
-    return gate_vs_fp32(ctx, got, result, key="engine_vs_fp32", what="the TensorRT engine's val top-1")
+    """Gate the engine against the ORT fp32 logits as the reduced-precision ONNX files are (`ort.gate_vs_fp32`)."""
+    return gate_vs_fp32(ctx, lambda x: engine_logits(engine_path, x, batch), result, key="engine_vs_fp32",
+                        what="the TensorRT engine's ")
 
 
 @register_target("trt-fp32", help="TensorRT fp32 engine (or a device bundle to build it on the device)")

@@ -38,9 +38,12 @@ class PackOptions:
     platform: str = "all"  # the TensorRT platforms the pack must import on (as `edgevp export --platform`)
     opset: int | None = None  # None: the newest opset every platform imports
     checkpoint: Literal["best", "last"] = "best"
-    gate_images: int = 32  # validation images per task for the exactness gate
+    gate_images: int = 32  # images per task for the gates: validation, topped up with training images
     atol: float = 1e-4  # max abs logit difference, pack vs each run's own export
-    max_drop: float = 2.0  # fp16: allowed val top-1 drop per task vs the fp32 pack, percentage points
+    # fp16: the precision gate per task vs the fp32 pack, as `edgevp export`'s (export/precision.py)
+    max_drop: float = 2.0
+    min_agreement: float = 0.9
+    gate_confidence: float = 0.95
     trt_max_batch: int = 8
     max_tasks: int = 16  # TensorRT with tables as inputs: the task axis of the profile goes up to this
     kv_capacity: int = 0  # tables as inputs: key/value columns every block reserves for tasks added later
@@ -54,8 +57,9 @@ class PackOptions:
             raise ConfigError("gate_images, trt_max_batch and max_tasks must be >= 1")
         if self.atol < 0 or self.max_drop < 0:
             raise ConfigError("atol and max_drop must be >= 0")
-        from ..export.pipeline import platform_opset
+        from ..export.pipeline import check_gate, platform_opset
 
+        check_gate(self)
         self.opset = platform_opset(self.platform, (17, 18), self.opset)
 
 
