@@ -293,6 +293,57 @@ def test_edgevp_check_cli(bundles, tmp_path):
     assert r.exit_code == 2 and "imports ONNX opsets up to 17" in r.output
 
 
+FAKE_TRTEXEC = """#!{python}
+# trtexec stand-in for verify.sh's fallback: `--help` names the TensorRT version; a run loads the raw inputs, runs the
+# bundle's ONNX on ONNX Runtime (the 'engine' file names it) and writes --exportOutput in trtexec's own JSON layout
+# (samples/common/sampleReporting.cpp dumpOutputs: name, dimensions "AxB", values)
+import json, sys
+import numpy as np
+import onnxruntime as ort
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
+if "--help" in sys.argv:
+    print("&&&& RUNNING TensorRT.trtexec [TensorRT v{version}]")
+    sys.exit(0)
+sess = ort.InferenceSession(open(args["loadEngine"]).read().strip(), providers=["CPUExecutionProvider"])
+types = {{i.name: (np.int64 if "int64" in i.type else np.float32) for i in sess.get_inputs()}}
+shapes = {{i.name: i.shape for i in sess.get_inputs()}}
+feed = {{}}
+for spec in args["loadInputs"].split(","):
+    name, path = spec.split(":", 1)
+    dtype = np.int32 if path.endswith(".i32.bin") else types[name]
+    arr = np.fromfile(path, dtype=dtype).astype(types[name])
+    shape = [d if isinstance(d, int) else -1 for d in shapes[name]]
+    feed[name] = arr.reshape(shape if shape.count(-1) <= 1 else [1, *shape[1:]])
+outs = sess.run(None, feed)
+scale = {scale}
+json.dump([{{"name": o.name, "dimensions": "x".join(map(str, v.shape)), "values": (v * scale).ravel().tolist()}}
+           for o, v in zip(sess.get_outputs(), outs)], open(args["exportOutput"], "w"))
+"""
+
+
+@pytest.mark.parametrize("form, version", [("fp32", "100300"), ("pack", "8601")])
+def test_verify_sh_without_polygraphy_uses_trtexec_and_numpy(bundles, form, version, tmp_path):
+    """The trtexec fallback: raw --loadInputs per feed (int32 task ids on 8.x), --exportOutput in trtexec's JSON
+    layout, compared within the tolerances; outputs that drift beyond them exit 3."""
+    bundle = tmp_path / form
+    shutil.copytree(bundles[form], bundle)
+    meta = json.loads((bundle / "model.json").read_text())
+    (bundle / "model.trt10.3-sm87-fake.engine").write_text(str(bundle / meta["onnx"]))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    os.symlink(sys.executable, fake / "python3")
+    results = {}
+    for scale in ("1.0", "1.5"):
+        (fake / "trtexec").write_text(FAKE_TRTEXEC.format(python=sys.executable, version=version, scale=scale))
+        (fake / "trtexec").chmod(0o755)
+        env = {"PATH": f"{fake}:/usr/bin:/bin", "HOME": str(tmp_path)}  # no polygraphy on this PATH
+        results[scale] = subprocess.run(["./verify.sh", "model.trt10.3-sm87-fake.engine"], cwd=bundle, env=env,
+                                        capture_output=True, text=True, timeout=300)
+    assert results["1.0"].returncode == 0 and "PASSED: 8 reference feeds" in results["1.0"].stdout, \
+        results["1.0"].stderr[-2000:]
+    assert results["1.5"].returncode == 3 and "FAILED" in results["1.5"].stdout
+
+
 def test_check_runs_on_a_device_without_torch(bundles, no_torch_env):
     """`edgevp check` is what a Jetson user runs before build_engine.sh: numpy, onnx and the rules, no training stack."""
     r = subprocess.run([sys.executable, "-m", "edgevp", "check", str(bundles["pack"]), "--trt-version", "8.5.2",
