@@ -1,5 +1,5 @@
-"""Prompt Condensation (Kim et al., "Do We Really Need a Large Number of Visual Prompts?"), as specified in
-seeds-methods.md §4.2: score every prompt unit with a gradient-based gate score, rank all of them together (or per
+"""Prompt Condensation (Kim et al., "Do We Really Need a Large Number of Visual Prompts?"; docs/condensing.md says
+what the options do): score every prompt unit with a gradient-based gate score, rank all of them together (or per
 group, or at random for the baseline), physically remove the dropped ones, then fine-tune only the kept prompts and
 the head for a short schedule. The result is a normal run directory of the same method with fewer prompts.
 

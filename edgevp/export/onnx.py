@@ -2,7 +2,8 @@
 
 One self-contained `.onnx` file (weights inside, never external data: models here are far below 2 GB), input
 `input` [batch, 3, H, W] float32, output `logits` [batch, classes]. The dynamo exporter is the default (with opset
-17 it exports 18 and down-converts, see deploy-toolchain.md A1); `legacy` selects the TorchScript exporter.
+17 it exports 18 and down-converts, see `quiet_exporter`); `legacy` selects the TorchScript exporter. What the
+export writes and how it is gated: docs/exporting.md.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Reduced-precision ONNX Runtime targets built from the gated fp32 export.
 
 - `ort-fp16`: onnxconverter-common's float16 conversion with fp32 inputs/outputs and LayerNormalization, Softmax
-  (and the reductions a decomposed LayerNorm uses) kept in fp32 (ViT LayerNorm/Softmax overflow in fp16,
-  deploy-toolchain.md pitfall 3).
+  (and the reductions a decomposed LayerNorm uses) kept in fp32 (ViT LayerNorm/Softmax overflow in fp16;
+  docs/exporting.md).
 - `ort-int8`: ONNX Runtime static quantisation in QDQ format (int8 activations and weights, per-channel weights),
   calibrated on the run's training images; `int8_mode="dynamic"` quantises weights only, activations at run time.
   Static Q/DQ is what TensorRT's importer takes (`edgevp.conformance.rules`): symmetric activations and weights
