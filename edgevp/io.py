@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ConfigError, DiskFullError
+from .errors import ConfigError, DiskFullError, EdgevpError
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -79,6 +79,18 @@ def output_dir(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
+def disk_full_is_one_line(folder: Path, out: str | Path) -> Iterator[None]:
+    """Any failure inside that ran out of space writing into `folder` (whatever the writer raised) becomes the one
+    sentence of `cannot_write` for `out` (exit 2); other errors of ours pass unchanged."""
+    try:
+        yield
+    except Exception as e:
+        if (isinstance(e, EdgevpError) and not isinstance(e, DiskFullError)) or not disk_full(e, folder):
+            raise
+        raise cannot_write(out, _ENOSPC) from None
+
+
+@contextlib.contextmanager
 def staged_dir(out: str | Path) -> Iterator[Path]:
     """A hidden folder inside `out` to write a set of files into: on success each entry moves to `out` under its
     final name (one rename each); on any failure the folder is removed, so nothing half-written is left in `out`."""
@@ -88,12 +100,8 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
     except OSError as e:
         raise cannot_write(out, e) from None
     try:
-        try:
+        with disk_full_is_one_line(stage, out):
             yield stage
-        except Exception as e:
-            if not disk_full(e, stage):
-                raise
-            raise cannot_write(out, _ENOSPC) from None
         for entry in sorted(stage.iterdir()):
             final = out / entry.name
             if final.is_dir() and not final.is_symlink():

@@ -167,12 +167,13 @@ LOCK_NAME = ".edgevp.lock"
 
 
 @contextlib.contextmanager
-def writer_lock(path: str | Path, create: bool = True) -> Iterator[Path]:
+def writer_lock(path: str | Path, create: bool = True, staging: str | None = None) -> Iterator[Path]:
     """Hold an exclusive lock on directory `path` while writing into it (train, resume, condense, export, pack).
 
     A second writer gets one line and exit 8 instead of mixing its files into the first's. The lock is an flock on
     `path/.edgevp.lock`, so it dies with its process (kill -9 leaves no stale lock). An output that cannot be created
-    or written is exit 2.
+    or written is exit 2. `staging`: the prefix of the staging folders this kind of writer makes in `path` (`.export-`,
+    `.pack-`); those a killed writer left are removed once the lock is held.
     """
     path = Path(path)
     handle = _acquire(path, create)
@@ -181,7 +182,7 @@ def writer_lock(path: str | Path, create: bool = True) -> Iterator[Path]:
         handle.truncate()
         handle.write(f"pid {os.getpid()}: {' '.join(sys.argv[:3])}")
         handle.flush()
-        _remove_stale_temporaries(path)
+        _remove_stale_temporaries(path, staging)
         yield path
     finally:
         with contextlib.suppress(OSError):  # a finished directory keeps no lock file; removed while still held
@@ -219,12 +220,15 @@ def _acquire(path: Path, create: bool):
         handle.close()  # the previous holder removed this file after we opened it: lock the current one
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Temporary files (`io.atomic_path`'s `.NAME.*.tmp`) a killed writer left in `path` or its checkpoints; the lock
-    is held, so none is being written."""
+def _remove_stale_temporaries(path: Path, staging: str | None = None) -> None:
+    """Temporary files (`io.atomic_path`'s `.NAME.*.tmp`) a killed writer left in `path` or its checkpoints, and its
+    staging folders (`staging*`); the lock is held, so none is being written."""
     for folder in (path, path / "checkpoints"):
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
+    for stale in path.glob(f"{staging}*") if staging else ():
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------------

@@ -164,6 +164,11 @@ def _writable_dir(out: Path) -> None:
         raise ConfigError(f"cannot write to output directory '{out}': {e.strerror or e}") from None
 
 
+def final_name(name: str, failed: bool) -> str:
+    """The name a staged file is installed under: failed ones get a `.failed` suffix."""
+    return f"{name}.failed" if failed else name
+
+
 def _install(work: Path, out: Path, files: list[str], failed: bool) -> list[str]:
     """Move staged files (and directories) into `out`; failed ones get a `.failed` suffix. Returns final names."""
     final = []
@@ -174,7 +179,7 @@ def _install(work: Path, out: Path, files: list[str], failed: bool) -> list[str]
                 shutil.rmtree(dst)
             elif dst.exists():
                 dst.unlink()
-            dst = out / f"{name}.failed"
+            dst = out / final_name(name, failed)
         if dst.is_dir():
             shutil.rmtree(dst)
         readable(src)
@@ -195,13 +200,6 @@ def readable(path: Path) -> None:
             continue
         executable = p.is_dir() or os.stat(p).st_mode & 0o100
         os.chmod(p, (0o777 if executable else 0o666) & ~mask)
-
-
-def _remove_stale_staging(out: Path) -> None:
-    """Staging directories left by an export that was killed (the lock is held, so none is in use)."""
-    for stale in out.glob(".export-*"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _build_and_install(run, cfg, model, deploy, header, opts: ExportOptions, out: Path, target) -> tuple[dict, str, str]:
@@ -249,8 +247,7 @@ def export_run(run_path: str | Path, opts: ExportOptions) -> dict:
     out = Path(opts.out) if opts.out is not None else run.path / "export"
     _writable_dir(out)
     deploy = to_deploy(model, include_preprocess=opts.include_preprocess)
-    with writer_lock(out):  # one export into a directory at a time (a second one exits 8)
-        _remove_stale_staging(out)
+    with writer_lock(out, staging=".export-"):  # one export into a directory at a time (a second one exits 8)
         sidecar, sidecar_name, status = _build_and_install(run, cfg, model, deploy, header, opts, out, target)
     try:
         run.set_stage(f"export:{target.name}", status=status, finished_at=now(), out=str(out),

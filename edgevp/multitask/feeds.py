@@ -1,6 +1,7 @@
 """Inputs of a multi-task pack on the device side (numpy only): task ids and the task tables of `tables.npz`."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 from ..errors import ConfigError, IncompatibleError
 
 IMAGES, TASK = "images", "task"
+IDENTITY = "tables_sha256"  # in tasks.json and pack.json: binds tables.npz to its pack
 
 
 def is_pack(input_names: list[str]) -> bool:
@@ -57,7 +59,36 @@ def load_tables(model_path: str | Path, inputs: dict[str, list]) -> dict[str, np
         rows = len(tables[f"kv_key_{n.rsplit('_', 1)[1]}"])
         if tables[n].size and (tables[n].min() < 0 or tables[n].max() >= rows):
             raise IncompatibleError(f"table '{n}' in '{path}' points at rows beyond the {rows} of its key/value table")
+    check_bound(path, list(wanted), tables)
     return {k: tables[k] if k.startswith("kv_row_") else tables[k].astype(np.float32) for k in wanted}
+
+
+def tables_identity(names: list[str], tasks: list, tables: dict[str, np.ndarray]) -> str:
+    """sha256 over the graph's table inputs `names`, the pack's task list and those tables (dtype, shape, bytes)."""
+    h = hashlib.sha256(json.dumps({"inputs": sorted(names), "tasks": tasks}, sort_keys=True).encode())
+    for name in sorted(names):
+        a = np.ascontiguousarray(tables[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def check_bound(path: Path, names: list[str], tables: dict[str, np.ndarray]) -> None:
+    """Refuse tables that are not the ones the pack's `tasks.json` (beside them) records: another pack's, or edited
+    by hand. A tasks.json from before tables were bound records none."""
+    side = path.parent / "tasks.json"
+    try:
+        doc = json.loads(side.read_text())
+    except FileNotFoundError:
+        raise IncompatibleError(f"'{side}' is missing: it binds '{path.name}' to its pack",
+                                "copy the pack's tasks.json beside the model") from None
+    except (OSError, ValueError) as e:
+        raise IncompatibleError(f"'{side}' is unreadable: {e}") from None
+    want = doc.get(IDENTITY) if isinstance(doc, dict) else None
+    if want is not None and tables_identity(names, doc.get("tasks"), tables) != want:
+        raise IncompatibleError(f"'{path}' holds other tables than the pack's tasks.json records (another pack's, or "
+                                "edited)", "copy the pack's own tables.npz and tasks.json, or write new ones with "
+                                "`edgevp pack ... --update-tables`")
 
 
 def num_tasks(model_path: str | Path, tables: dict[str, np.ndarray], metadata: dict[str, str]) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from ..config import check_options
 from ..errors import ConfigError, IncompatibleError, MissingError, VerificationError
 from ..optional import optional
 from ..io import sha256_file, write_json
+from .feeds import IDENTITY, IMAGES, TASK, tables_identity
 from .tables import PAD_LOGIT
 
 TARGETS = ("onnx", "ort-fp16", "trt-fp32", "trt-fp16")
@@ -167,67 +169,96 @@ def pack(runs: list[str | Path], out: str | Path, opts: PackOptions | None = Non
     """Pack `runs` into one multi-task artifact in `out`; returns the sidecar (also written as `pack.json`).
 
     Raises:
-        ConfigError (2): no runs, a run twice, runs on different backbones/inputs, a method with no task form.
+        ConfigError (2): no runs, a run twice, runs on different backbones/inputs, a method with no task form, an
+            output that cannot be written (a full disk too: nothing is left under a final name).
         IncompatibleError (6): not a run directory. VerificationError (3): the exactness gate failed.
+        BusyError (8): another pack is writing into `out`.
 
     Example:
         >>> edgevp.pack(["runs/fmnist-vpt", "runs/digits-lorvp"], "runs/pack")
     """
-    from .. import __version__
-    from ..export.pipeline import _install, _writable_dir
-    from ..runs import now
-    from .gate import gate_pack
-    from ..conformance.bundle import gate_bundle
-    from .bundle import write_trt_bundle
-    from .graph import export_pack
+    from ..export.pipeline import _writable_dir
+    from ..runs import writer_lock
 
     opts = opts or PackOptions()
     out = Path(out)
     if opts.update_tables:
-        existing = _existing_pack(out)  # checked before any run is loaded
-    runs = [Path(r) for r in runs]
-    tasks = load_tasks(runs, opts.checkpoint)
-    if opts.update_tables:
-        return update_tables(tasks, out, existing, opts)
-    if out.resolve() in {t.run.resolve() for t in tasks}:
+        _existing_pack(out)  # checked before any run is loaded (and again under the lock)
+    tasks = load_tasks([Path(r) for r in runs], opts.checkpoint)
+    if not opts.update_tables and out.resolve() in {t.run.resolve() for t in tasks}:
         raise ConfigError(f"output '{out}' is one of the runs", "pack into a new directory")
     _writable_dir(out)
-    references = [own_export(t, opts) for t in tasks]
-    model, tables, fold = build_packed(tasks, opts)
-    work = Path(tempfile.mkdtemp(prefix=".pack-", dir=out))
-    try:
-        onnx_meta = export_pack(model, tables, tasks, opts, fold, work / "model.onnx")
-        files = ["model.onnx", *(["tables.npz"] if opts.tables_as_inputs else [])]
-        if opts.tables_as_inputs:
-            np.savez(work / "tables.npz", **{k: v.numpy() for k, v in tables.flat().items()})
-        gate = gate_pack(work, tasks, references, tables, opts)
-        if "accuracy_vs_fp32" in gate:  # the fp16 graph replaced the fp32 one
-            files = [f.replace("model.onnx", "model.fp16.onnx") for f in files]
-        status = gate["status"]
-        task_list = _task_records(tasks, opts.checkpoint)
-        write_json(work / "tasks.json", {"tasks": task_list, "pad_logit": PAD_LOGIT,
-                                         "out_of_range_task": "NaN logits for that sample"})
-        files.append("tasks.json")
-        if opts.target.startswith("trt-"):
-            files = [write_trt_bundle(work, files, tasks, opts, gate)]
-            gate = gate_bundle(work / files[0], gate)  # every file against the device tools' rules
-            status = gate["status"]
-        sidecar = {"status": status, "kind": "pack", "target": opts.target, "created_at": now(),
-                   "edgevp_version": __version__, "backbone_sha256": tasks[0].fingerprint, "tasks": task_list,
-                   "fold": fold, "onnx": onnx_meta,
-                   "options": {k: v for k, v in asdict(opts).items()}, **{k: v for k, v in gate.items()
-                                                                          if k != "status"}}
-        sidecar["files"] = _install(work, out, files, failed=status == "failed")
-        write_json(out / "pack.json", sidecar)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if status == "failed":
+    with writer_lock(out, staging=".pack-"):  # one pack into a directory at a time; a killed one's staging goes
+        if opts.update_tables:
+            return update_tables(tasks, out, _existing_pack(out), opts)
+        sidecar = _pack_into(tasks, out, opts)
+    if sidecar["status"] == "failed":
         raise VerificationError(f"pack failed its gate: {sidecar.get('error')}",
                                 f"artifact kept as {sidecar['files'][0]} with {out / 'pack.json'}")
     if opts.target.startswith("trt-") and optional("tensorrt") is None:  # as `edgevp export` does: exit 4
         raise MissingError(f"TensorRT is not installed here; the pack's device bundle is in {out / sidecar['files'][0]}"
                            ": copy it to the device and run build_engine.sh there")
     return sidecar
+
+
+def _pack_into(tasks: list[Task], out: Path, opts: PackOptions) -> dict:
+    """Build, gate and install the pack in a `.pack-*` staging folder inside `out` (the writer lock is held)."""
+    from .. import __version__
+    from ..conformance.bundle import gate_bundle
+    from ..export.pipeline import _install, final_name
+    from ..io import disk_full_is_one_line
+    from ..runs import now
+    from .bundle import write_trt_bundle
+    from .gate import gate_pack
+    from .graph import export_pack
+
+    references = [own_export(t, opts) for t in tasks]
+    model, tables, fold = build_packed(tasks, opts)
+    work = Path(tempfile.mkdtemp(prefix=".pack-", dir=out))
+    try:
+        with disk_full_is_one_line(work, out):
+            onnx_meta = export_pack(model, tables, tasks, opts, fold, work / "model.onnx")
+            flat = {k: v.numpy() for k, v in tables.flat().items()} if opts.tables_as_inputs else None
+            files = ["model.onnx", *(["tables.npz"] if flat else [])]
+            if flat:
+                np.savez(work / "tables.npz", **flat)
+            gate = gate_pack(work, tasks, references, tables, opts)
+            if "accuracy_vs_fp32" in gate:  # the fp16 graph replaced the fp32 one
+                files = [f.replace("model.onnx", "model.fp16.onnx") for f in files]
+            task_list = _task_records(tasks, opts.checkpoint)
+            identity = _write_tasks(work, task_list, _table_inputs(onnx_meta), flat)
+            files.append("tasks.json")
+            if opts.target.startswith("trt-"):
+                files = [write_trt_bundle(work, files, tasks, opts, gate)]
+                gate = gate_bundle(work / files[0], gate)  # every file against the device tools' rules
+            status = gate["status"]
+            sidecar = {"status": status, "kind": "pack", "target": opts.target, "created_at": now(),
+                       "edgevp_version": __version__, "backbone_sha256": tasks[0].fingerprint, "tasks": task_list,
+                       IDENTITY: identity, "fold": fold, "onnx": onnx_meta,
+                       "options": {k: v for k, v in asdict(opts).items()}, **{k: v for k, v in gate.items()
+                                                                              if k != "status"}}
+            sidecar["files"] = [final_name(f, status == "failed") for f in files]
+            write_json(work / "pack.json", sidecar)  # written before anything is installed: a full disk stops here
+        _install(work, out, files, failed=status == "failed")
+        os.replace(work / "pack.json", out / "pack.json")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return sidecar
+
+
+def _table_inputs(onnx_meta: dict) -> list[str]:
+    """The graph's table inputs (every input but the images and the task ids)."""
+    return [n for n in onnx_meta["inputs"] if n not in (IMAGES, TASK)]
+
+
+def _write_tasks(folder: Path, task_list: list[dict], names: list[str], flat: dict | None) -> str | None:
+    """`tasks.json` in `folder`; with tables as inputs it records their identity (`feeds.tables_identity`), which
+    binds `tables.npz` to this pack. Returns the identity (None for constant tables)."""
+    identity = tables_identity(names, task_list, flat) if flat else None
+    write_json(folder / "tasks.json", {"tasks": task_list, "pad_logit": PAD_LOGIT,
+                                       "out_of_range_task": "NaN logits for that sample",
+                                       **({IDENTITY: identity} if identity else {})})
+    return identity
 
 
 def _task_records(tasks: list[Task], checkpoint: str) -> list[dict]:
@@ -255,8 +286,9 @@ def _existing_pack(out: Path) -> dict:
 
 def update_tables(tasks: list[Task], out: Path, existing: dict, opts: PackOptions) -> dict:
     """New `tables.npz` and `tasks.json` for the graph already in `out` (no new graph): the tasks' tables padded to
-    the graph's capacity, gated against each run's own export like a new pack, then swapped in by rename."""
-    from ..io import atomic_path
+    the graph's capacity, gated against each run's own export like a new pack, written into a staging folder and
+    swapped in by rename (a full disk leaves the pack as it was)."""
+    from ..io import disk_full_is_one_line
     from ..runs import now
     from .gate import gate_pack
     from .tables import PackTables, fit_to_capacity
@@ -272,19 +304,21 @@ def update_tables(tasks: list[Task], out: Path, existing: dict, opts: PackOption
     flat = fit_to_capacity(tables.flat(), capacity)
     work = Path(tempfile.mkdtemp(prefix=".pack-", dir=out))
     try:
-        shutil.copy2(out / "model.onnx", work / "model.onnx")
-        gate = gate_pack(work, tasks, references, PackTables.from_flat(flat), opts)
-        if gate["status"] != "ok":
-            raise VerificationError(f"the new tables fail the exactness gate: {gate['error']}",
-                                    f"'{out}' is unchanged")
-        task_list = _task_records(tasks, opts.checkpoint)
-        with atomic_path(out / "tables.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **{k: v.numpy() for k, v in flat.items()})
-        write_json(out / "tasks.json", {"tasks": task_list, "pad_logit": PAD_LOGIT,
-                                        "out_of_range_task": "NaN logits for that sample"})
-        sidecar = {**existing, "tasks": task_list, "fold": fold, "tables_updated_at": now(), **gate}
-        write_json(out / "pack.json", sidecar)
+        with disk_full_is_one_line(work, out):
+            shutil.copy2(out / "model.onnx", work / "model.onnx")
+            gate = gate_pack(work, tasks, references, PackTables.from_flat(flat), opts)
+            if gate["status"] != "ok":
+                raise VerificationError(f"the new tables fail the exactness gate: {gate['error']}",
+                                        f"'{out}' is unchanged")
+            task_list = _task_records(tasks, opts.checkpoint)
+            arrays = {k: v.numpy() for k, v in flat.items()}
+            np.savez(work / "tables.npz", **arrays)
+            identity = _write_tasks(work, task_list, _table_inputs(existing["onnx"]), arrays)
+            sidecar = {**existing, "tasks": task_list, IDENTITY: identity, "fold": fold, "tables_updated_at": now(),
+                       **gate}
+            write_json(work / "pack.json", sidecar)
+        for name in ("tables.npz", "tasks.json", "pack.json"):  # renames only: no space needed
+            os.replace(work / name, out / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return sidecar
