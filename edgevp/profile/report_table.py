@@ -5,7 +5,7 @@ import csv
 import io
 from pathlib import Path
 
-from ..io import write_json, write_text
+from ..io import staged_dir, write_json, write_text
 from ..tables import cell, markdown_table
 
 COLUMNS = [("variant", "variant", "{}"), ("batch", "batch", "{}"), ("p50_ms", "p50 ms", "{:.2f}"),
@@ -32,7 +32,13 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write_results(out_dir: Path, result: dict, stem: str = "profile") -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """`stem`.json, .csv and .md in `out_dir`, all three or none (a full disk: one line, exit 2, nothing new)."""
+    with staged_dir(out_dir) as stage:
+        _write_files(stage, result, stem)
+    return [out_dir / f"{stem}.{e}" for e in ("json", "csv", "md")]
+
+
+def _write_files(out_dir: Path, result: dict, stem: str) -> None:
     write_json(out_dir / f"{stem}.json", result)
     buf = io.StringIO()
     keys = [k for k, _, _ in COLUMNS]
@@ -42,4 +48,3 @@ def write_results(out_dir: Path, result: dict, stem: str = "profile") -> list[Pa
         w.writerow({**r, "ratio_p50_rounds": " ".join(f"{x:.4f}" for x in r.get("ratio_p50_rounds") or [])})
     write_text(out_dir / f"{stem}.csv", buf.getvalue())
     write_text(out_dir / f"{stem}.md", markdown(result["rows"]) + "\n")
-    return [out_dir / f"{stem}.{e}" for e in ("json", "csv", "md")]

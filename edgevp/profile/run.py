@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError, IncompatibleError
+from ..io import check_writable
 from .compare import Variant, compare
 from .report_table import write_results
 
@@ -115,5 +116,6 @@ def profile_targets(target: Path, against: list[Path], backend: str, device: str
         for v in variants:
             if v.backend == "ort" and v.artifact.endswith(".onnx"):
                 v.artifact += f"#task={task}"  # ignored by single-task artifacts
+    check_writable(out)  # before the measuring, not after it
     result = compare(variants, batches, rounds, warmup, iters, threads)
     return result, write_results(out, result)
