@@ -210,6 +210,23 @@ def test_every_command_and_option_mentioned_exists():
     assert commands >= {"train", "condense", "export", "pack", "profile", "report", "eval", "predict"}
 
 
+@pytest.mark.xfail(strict=True, reason="edgevp/cli.py's demo epilog shows `edgevp demo --limit-train 600 --epochs 3`; "
+                                       "demo takes neither option (drop this mark when the epilog is fixed)")
+def test_the_help_texts_name_only_real_options():
+    """The same check over the generated CLI reference: every help text and epilog's example is a real command line."""
+    cli = gen_docs.cli_options()
+    bad = []
+    for code in _code(gen_docs.cli_md()):
+        for m in re.finditer(r"(?<![\w./-])edgevp\s+([a-z][\w-]*)", code):
+            command = m.group(1)
+            if command not in cli:
+                bad.append(f"unknown command in `{code}`")
+                continue
+            bad += [f"'edgevp {command}' has no option {opt} (in `{code}`)"
+                    for opt in _options(code[m.end():]) if opt not in cli[command] | cli[""]]
+    assert not bad, "\n".join(bad)
+
+
 EXIT_WORDS = re.compile(r"\bexit(?:s|ed|ing)?(?: code)?(?: with)? (\d+)\b", re.I)
 
 
