@@ -115,3 +115,52 @@ def test_a_writer_removes_temporaries_a_killed_writer_left(tmp_path):
         p.write_text("x")
     with writer_lock(tmp_path):
         assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_killed_pack_leaves_no_valid_looking_partial_pack_and_a_rerun_cleans_up(trained, tmp_path, seed):
+    """kill -9 at a random point of `edgevp pack` (the run's own export included), then the same command again."""
+    from edgevp.multitask import feeds
+
+    out = tmp_path / "pack"
+    args = ["pack", str(trained), "-o", str(out), "--tables-as-inputs", "--gate-images", "8"]
+    _kill_after(args, random.Random(200 + seed).uniform(0.0, 4.0), watch=out)
+    for folder in (out, trained / "export"):
+        if folder.exists():
+            _assert_nothing_partial(folder)
+    if (out / "pack.json").is_file():  # written only after the pack passed its gate
+        assert json.loads((out / "pack.json").read_text())["status"] == "ok" and (out / "model.onnx").is_file()
+    r = _edgevp(*args)
+    assert r.returncode == 0, r.stderr
+    assert not list(out.glob(".pack-*")) and not (out / ".edgevp.lock").exists()
+    assert json.loads((out / "pack.json").read_text())["status"] == "ok"
+    import onnxruntime as ort
+
+    inputs = {i.name: i.shape for i in ort.InferenceSession(str(out / "model.onnx")).get_inputs()}
+    assert feeds.load_tables(out / "model.onnx", inputs)  # the tables are the ones tasks.json records
+
+
+SWEEP_RECIPE = str(Path(__file__).parent.parent / "recipes" / "tiny" / "linear.yaml")
+SWEEP = ["sweep", SWEEP_RECIPE, "--grid", "train.lr=0.01,0.003", "--grid", "train.weight_decay=0,1e-4",
+         "--heartbeat", "1", "--grace", "2", "-s", "train.epochs=2", "-s", "data.limit_train=64", "-s",
+         "data.limit_val=32", "-s", "data.limit_test=32", "-s", "train.threads=1", "-s", "train.ckpt_every_steps=1"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_killed_sweep_resumes_and_runs_every_point_once(tmp_path, seed):
+    """kill -9 at a random point of a 4-point sweep, then the same command: the dead trial is failed and run again,
+    every point completes exactly once, and no file under the sweep is partial."""
+    optuna = pytest.importorskip("optuna")
+    out = tmp_path / "sweep"
+    args = [*SWEEP, "-o", str(out)]
+    _kill_after(args, random.Random(300 + seed).uniform(0.0, 8.0), watch=out / "study.db")
+    _assert_nothing_partial(out)
+    r = _edgevp(*args)
+    assert r.returncode == 0, r.stderr
+    _assert_nothing_partial(out)
+    assert not [p for p in out.rglob("*.tmp")]
+    trials = optuna.load_study(study_name="tiny-linear", storage=f"sqlite:///{out / 'study.db'}").trials
+    done = sorted((t.params["train.lr"], t.params["train.weight_decay"]) for t in trials if t.state.name == "COMPLETE")
+    assert done == sorted((lr, wd) for lr in (0.01, 0.003) for wd in (0.0, 1e-4))  # each point once
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    assert json.loads((out / "sweep.json").read_text())["counts"]["COMPLETE"] == 4
