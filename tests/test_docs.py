@@ -92,6 +92,12 @@ def _need_mkdocs():
 
 def test_site_builds_in_strict_mode(tmp_path):
     _need_mkdocs()
+    import yaml
+
+    config = yaml.safe_load(_read(ROOT / "mkdocs.yml"))  # offline: no plugin that fetches, no web fonts
+    plugins = {p if isinstance(p, str) else next(iter(p)) for p in config["plugins"]}
+    assert not plugins & {"social", "privacy", "material/social", "material/privacy"}
+    assert config["theme"]["font"] is False
     r = _mkdocs(ROOT / "mkdocs.yml", tmp_path / "site")
     assert r.returncode == 0, r.stdout + r.stderr
     for page in ("reference/recipe-schema", "reference/cli", "reference/exit-codes", "reference/api"):
@@ -236,9 +242,9 @@ def test_every_exit_code_mentioned_exists():
     for page in PAGES:
         text = _read(page)
         found = [int(c) for c in EXIT_WORDS.findall(text)]
-        # "Exit codes: 3 ... · 4 ..." and "Exit codes of eval / predict: 2 ... · 4 ..."
-        for m in re.finditer(r"[Ee]xit codes?[^:\n|]{0,40}:(.*?)(?:\n\n|$)", text, flags=re.S):
-            found += [int(c) for c in re.findall(r"(?:^|[:·]\s*)(\d+) ", m.group(1))]
+        # "Exit codes: 3 ... · 4 ...", "Exit codes of eval / predict: 2 ... · 4 ...", "...: 3 ...; 4 ..."
+        for m in re.finditer(r"[Ee]xit\s+codes?[^:|]{0,40}:(.*?)(?:\n\n|$)", text, flags=re.S):
+            found += [int(c) for c in re.findall(r"(?:^\s*|[:·;]\s*)(\d+) (?=[a-zA-Z])", m.group(1))]
         seen += len(found)
         bad += [f"{_rel(page)}: exit {c}" for c in found if c not in codes]
     assert seen > 20
