@@ -2,8 +2,9 @@
 written is lost or left half-written. One table: (command line, exit code, words of the message).
 
 Placeholders in a command line: {run} a trained tiny VPT run (its files are digested before and compared after
-every case), {lor} a trained LoR-VP run, {recipe} the tiny recipe, {folder} an image folder of real digit pixels,
-{tmp} a fresh directory per case, {onnx} the run's exported model.
+every case, as are {lor}'s and both packs'), {lor} a trained LoR-VP run, {pack} a pack of {run} (constant tables),
+{tpack} a pack of {lor} with tables as inputs, {recipe} the tiny recipe, {folder} an image folder of real digit
+pixels, {tmp} a fresh directory per case, {onnx} the run's exported model.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 
 from edgevp.cli import app
 from edgevp.export.pipeline import ExportOptions, export_run
+from edgevp.multitask.pipeline import PackOptions, pack
 from edgevp.train import fit
 
 from .conftest import tiny_config
@@ -50,6 +52,8 @@ def world(tmp_path_factory):
     fit(tiny_config("vpt", {"num_tokens": 2}, train={"epochs": 1}), out=run)
     fit(tiny_config("lorvp", train={"epochs": 1}), out=lor)
     export_run(run, ExportOptions(exporter="legacy", test_images=0))
+    pack([run], root / "pack", PackOptions(gate_images=4))  # constant tables
+    pack([lor], root / "tpack", PackOptions(gate_images=4, tables_as_inputs=True))  # pixel tables only
     empty_recipe = root / "empty.yaml"
     empty_recipe.write_text("# nothing\n")
     broken_yaml = root / "broken.yaml"
@@ -67,7 +71,8 @@ def world(tmp_path_factory):
     return {"run": run, "lor": lor, "recipe": RECIPES / "tiny" / "vpt_deep.yaml", "empty": empty_recipe,
             "lorrecipe": RECIPES / "tiny" / "lorvp.yaml", "e2recipe": RECIPES / "tiny" / "e2vpt.yaml",
             "broken": broken_yaml, "list": list_recipe, "folder": folder, "one": one_class, "corrupt": corrupt,
-            "file": a_file, "onnx": run / "export" / "model.onnx", "root": root}
+            "file": a_file, "onnx": run / "export" / "model.onnx", "root": root, "pack": root / "pack",
+            "tpack": root / "tpack"}
 
 
 FOLDER = ["-s", "data.name=folder", "-s", "data.root={folder}", "-s", "train.epochs=1"]
@@ -175,6 +180,48 @@ CASES = [
     (["pack", "{run}", "{run}", "-o", "{tmp}/p"], 2, "given twice"),
     (["pack", "{run}", "-o", "{tmp}/p", "--target", "coreml"], 2, "is not one of onnx"),
     (["pack", "{run}", "-o", "{run}"], 2, "is one of the runs"),
+    (["pack", "{root}/nowhere", "-o", "{tmp}/p"], 6, "not an edgevp run directory"),
+    (["pack", "{run}", "{root}/nowhere", "-o", "{tmp}/p"], 6, "not an edgevp run directory"),
+    (["pack", "{run}", "-o", "{file}/sub"], 2, "cannot write to"),
+    (["pack", "{run}", "-o", "{tmp}/p", "--gate-images", "0"], 2, "must be >= 1"),
+    (["pack", "{run}", "-o", "{tmp}/p", "--max-drop", "-1"], 2, "atol and max_drop must be >= 0"),
+    (["pack", "{run}", "-o", "{tmp}/p", "--min-agreement", "1.5"], 2, "min_agreement must be in [0, 1]"),
+    (["pack", "{run}", "-o", "{tmp}/p", "--gate-confidence", "0.2"], 2, "gate_confidence must be in [0.5, 1)"),
+    (["pack", "{run}", "-o", "{tmp}/p", "--kv-capacity", "-1"], 2, "kv_capacity must be >= 0"),
+    (["pack", "{run}", "-o", "{tmp}/p", "--opset", "13"], 2, "cannot write opset 13"),
+    (["pack", "{run}", "-o", "{tmp}/p", "--platform", "jp4"], 2, "unknown platform 'jp4'"),
+    (["pack", "{run}", "-o", "{tmp}/p", "--checkpoint", "first"], 2, "'first' is not one of best, last"),
+    (["pack", "{run}", "-o", "{tmp}/p", "--update-tables"], 6, "holds no pack"),
+    (["pack", "{run}", "-o", "{run}/export", "--update-tables"], 6, "holds no pack"),
+    (["pack", "{run}", "-o", "{pack}", "--update-tables"], 6, "does not take its tables as inputs"),
+    (["pack", "{run}", "-o", "{tpack}", "--update-tables"], 2, "has no input for"),
+    (["pack", "{root}/nowhere", "-o", "{tpack}", "--update-tables"], 6, "not an edgevp run directory"),
+    # -- sweep and --nproc --------------------------------------------------------------------------------------------
+    (["sweep", T, "-o", "{tmp}/s"], 2, "give at least one --grid"),
+    (["sweep", T, "--grid", "train.lr", "-o", "{tmp}/s"], 2, "is not of the form KEY=V1,V2"),
+    (["sweep", T, "--grid", "=0.1", "-o", "{tmp}/s"], 2, "has an empty key"),
+    (["sweep", T, "--grid", "train.lr=", "-o", "{tmp}/s"], 2, "has an empty value"),
+    (["sweep", T, "--grid", "train.lrr=0.1,0.01", "-o", "{tmp}/s"], 2, "did you mean 'train.lr'"),
+    (["sweep", T, "--grid", "train.epochs=2,two", "-o", "{tmp}/s"], 2, "expected an integer, got 'two'"),
+    (["sweep", T, "--grid", "train.epochs=0,1", "-o", "{tmp}/s"], 2, "train.epochs=0 trains nothing"),
+    (["sweep", T, "--grid", "train.lr=0.1", "--grid", "train.lr=0.2", "-o", "{tmp}/s"], 2, "is given twice"),
+    (["sweep", T, "--grid", "train.lr=0.1,0.1", "-o", "{tmp}/s"], 2, "a value is given twice"),
+    (["sweep", T, "--grid", "method=vpt,linear", "-o", "{tmp}/s"], 2, "sweep one method per study"),
+    (["sweep", T, "--grid", "train.lr=0.1", "--trials", "3", "-o", "{tmp}/s"], 2, "more than the grid's 1 points"),
+    (["sweep", T, "--grid", "train.lr=0.1", "--sampler", "bayes", "-o", "{tmp}/s"], 2, "'bayes' is not one of"),
+    (["sweep", T, "--grid", "train.lr=0.1", "--metric", "acc", "-o", "{tmp}/s"], 2, "'acc' is not one of"),
+    (["sweep", T, "--grid", "train.lr=0.1", "--heartbeat", "2", "--grace", "1", "-o", "{tmp}/s"], 2,
+     "must be longer than --heartbeat"),
+    (["sweep", T, "--grid", "train.lr=0.1", "--storage", "nosuchdb://host/db", "-o", "{tmp}/s"], 2,
+     "cannot open the sweep storage"),
+    (["sweep", T, "--grid", "train.lr=0.1", "-o", "{file}/sub"], 2, "cannot create the sweep directory"),
+    (["sweep", "{root}/nope.yaml", "--grid", "train.lr=0.1", "-o", "{tmp}/s"], 2, "not found"),
+    (["sweep", T, "--grid", "train.lr=0.1", "--nproc", "0", "-o", "{tmp}/s"], 2, "--nproc: must be >= 1, got 0"),
+    (["sweep", T, "--grid", "train.lr=0.1", "--nproc", "64", "-o", "{tmp}/s"], 2,
+     "64 processes for a global batch of"),
+    (["train", T, "--nproc", "0", "-o", "{tmp}/r"], 2, "--nproc must be >= 1, got 0"),
+    (["train", T, "--nproc", "64", "-o", "{tmp}/r"], 2, "64 processes for a global batch of 32"),
+    (["train", "--resume", "{run}", "--nproc", "64"], 2, "64 processes for a global batch of 32"),
     # -- profile and report -----------------------------------------------------------------------------------------
     (["profile", "{root}/nowhere.onnx"], 6, "does not exist"),
     (["profile", "{onnx}", "--iters", "0"], 2, "--iters >= 1"),
@@ -196,17 +243,20 @@ CASES = [
 ]
 
 
+WRITTEN = ("run", "lor", "pack", "tpack")  # digested before and compared after every case
+
+
 @pytest.mark.parametrize("args, code, words", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
 def test_bad_input(world, tmp_path, args, code, words):
     places = {**{k: str(v) for k, v in world.items()}, "tmp": str(tmp_path)}
     argv = [a.format(**places) for a in args]
-    before = {k: _digest(world[k]) for k in ("run", "lor")}
+    before = {k: _digest(world[k]) for k in WRITTEN}
     r = runner.invoke(app, argv)
     out = r.output.strip()
     assert r.exit_code == code, out
     assert words in out, out
     assert "Traceback" not in out and len(out.splitlines()) == 1, out  # one line
-    assert {k: _digest(world[k]) for k in ("run", "lor")} == before  # nothing already written changed
+    assert {k: _digest(world[k]) for k in WRITTEN} == before  # nothing already written changed
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".edgevp.lock")] or \
         code == 0  # nothing half-written under the output
 

@@ -93,6 +93,8 @@ def resolve_grid(recipe: dict, sets: list[str], items: list[str]) -> dict[str, l
     grid: dict[str, list[Any]] = {}
     for item in items:
         key, texts = split_grid_item(item)
+        if key == "method":  # before its values are tried: another method's recipe keys are unknown to it
+            raise ConfigError("--grid method: sweep one method per study", "run one sweep per recipe")
         if key in grid:
             raise ConfigError(f"--grid {key} is given twice", "give all its values in one --grid KEY=V1,V2")
         typed = []
@@ -106,8 +108,6 @@ def resolve_grid(recipe: dict, sets: list[str], items: list[str]) -> dict[str, l
         if len(set(map(repr, typed))) != len(typed):
             raise ConfigError(f"--grid {key}: a value is given twice ({', '.join(map(repr, typed))})")
         grid[key] = typed
-    if "method" in grid:
-        raise ConfigError("--grid method: sweep one method per study", "run one sweep per recipe")
     return grid
 
 
