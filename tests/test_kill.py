@@ -1,6 +1,6 @@
-"""Fault tests: a real `edgevp train` / `edgevp export` process killed with SIGKILL at random points (seeded) leaves
-either a run that resumes to the uninterrupted result or one that is cleanly failed and starts over, never a file
-that looks valid but is partial; a re-run cleans up."""
+"""Fault tests: a real `edgevp train` / `export` / `pack` / `sweep` process killed with SIGKILL at random points
+(seeded) leaves either a run that resumes to the uninterrupted result or one that is cleanly failed and starts over
+(a sweep's dead trial is run again), never a file that looks valid but is partial; a re-run cleans up."""
 from __future__ import annotations
 
 import json
