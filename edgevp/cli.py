@@ -471,7 +471,8 @@ def export_(
     int8_mode: Annotated[str, typer.Option(help="ort-int8: static (QDQ, calibrated) | dynamic")] = "static",
     calib_method: Annotated[str, typer.Option(help="static int8 activation ranges: minmax | percentile | entropy")]
     = "minmax",
-    int8_ops: Annotated[str, typer.Option(help="static int8: matmul (MatMul/Gemm/Conv only) | all (ONNX Runtime's "
+    int8_ops: Annotated[str, typer.Option(help="static int8: matmul (MatMul/Gemm/Conv with a constant weight: the "
+                                               "linear layers, attention products stay float) | all (ONNX Runtime's "
                                                "op set: also norms, Softmax, Add; less accurate on ViTs)")] = "matmul",
     gate_images: Annotated[int, typer.Option(help="images for the parity and precision gates: validation images "
                                                   "(at most the split), topped up with training images for the "

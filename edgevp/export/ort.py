@@ -46,7 +46,7 @@ def to_fp16(src, dst) -> None:
 # bins and 128 quantized bins, which leaves a single candidate threshold: the full range, i.e. MinMax (measured:
 # identical scales). Ranges are therefore computed here with TensorRT's entropy settings (2048 bins, 128 quantized)
 # and handed to `quantize_static` as its calibration cache.
-MATMUL_OPS = ["MatMul", "Gemm", "Conv"]  # int8_ops="matmul": only these are quantised (and calibrated)
+MATMUL_OPS = ["MatMul", "Gemm", "Conv"]  # int8_ops="matmul": those with a constant weight are quantised
 # TensorRT's Q/DQ rules: zero points all 0 (symmetric activations and weights), no INT32 bias DequantizeLinear
 TENSORRT_QDQ = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 RANGES_FILE = "model.int8.ranges.json"  # the activation ranges the Q/DQ scales came from (ORT calibration cache)
@@ -80,10 +80,23 @@ def calibrate(model, calib: np.ndarray, method: str, ranges_path, op_types: list
         save_tensors_data(calibrator.compute_data(), ranges_path)
 
 
+def weight_gemms(path) -> list[str]:
+    """The MatMul/Gemm/Conv nodes of ONNX file `path` with a constant weight: the layers `int8_ops="matmul"`
+    quantises. Products of two activations (attention's Q·Kᵀ and P·V) stay in float: symmetric int8, the only form
+    TensorRT takes, spends half its codes on negative values softmax probabilities never have, and quantising them
+    cost the demo's LoR-VP 3.0 test points (0.4 without them; tools/bench_int8.py)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in graph.node if n.op_type in MATMUL_OPS and len(n.input) > 1 and n.input[1] in constants]
+
+
 def to_int8(src, dst, calib: np.ndarray | None, mode: str = "static", method: str = "minmax", ops: str = "matmul",
             ranges=None, platform: str | None = None) -> None:
     """int8 ONNX: static QDQ (activation ranges from `calib` by `method`, saved to `ranges` when given;
-    `ops="matmul"` quantises only MatMul/Gemm/Conv, `"all"` ORT's default op set) or dynamic (weights only).
+    `ops="matmul"` quantises only MatMul/Gemm/Conv with a constant weight (`weight_gemms`), `"all"` ORT's default
+    op set) or dynamic (weights only).
     An existing `ranges` file is reused as it is (no calibration images needed); it must hold the tensors `ops`
     quantises (ranges calibrated for `"all"` serve `"matmul"` too). `platform`: the TensorRT platforms the static
     graph must import on (`edgevp export --platform`)."""
@@ -110,6 +123,7 @@ def to_int8(src, dst, calib: np.ndarray | None, mode: str = "static", method: st
                         weight_type=QuantType.QInt8, per_channel=True,
                         calibrate_method=getattr(CalibrationMethod, CALIBRATION[method][0]),
                         op_types_to_quantize=op_types, extra_options=TENSORRT_QDQ,
+                        nodes_to_quantize=weight_gemms(pre) if ops == "matmul" else None,
                         calibration_cache_path=str(cache))
         # quantize_static declares opset domains its nodes do not use, and its pre-processing fuses a decomposed
         # LayerNormalization back (TensorRT 8.5 has none)

@@ -58,7 +58,7 @@ class ExportOptions:
     # lost at most 0.8 points; ORT's full op set lost up to 2.8 (LayerNorm/Softmax/Add inputs in int8), entropy up
     # to 26.6, percentile on MatMul up to 1.6
     calib_method: Literal["minmax", "percentile", "entropy"] = "minmax"
-    int8_ops: Literal["all", "matmul"] = "matmul"
+    int8_ops: Literal["all", "matmul"] = "matmul"  # matmul: the layers with a constant weight (ort.weight_gemms)
     trt_dynamic_batch: bool = False  # TensorRT: dynamic batch profile instead of a fixed-shape engine
     trt_max_batch: int = 8
     with_references: bool = False  # onnx: also export bare.onnx and unfolded.onnx, the references profiling uses
