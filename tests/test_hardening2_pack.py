@@ -140,3 +140,18 @@ def test_profile_refuses_an_unwritable_output_before_measuring(packs, tmp_path):
     a_file.write_text("x")
     r = _cli("profile", packs / "ab" / "model.onnx", *QUICK, "-o", a_file / "sub")
     assert r.exit_code == 2 and f"cannot write to '{a_file / 'sub'}'" in _one_line(r)
+
+
+def test_an_fp16_pack_is_gated_per_task_on_val_and_training_images(packs, tmp_path):
+    r = _cli("pack", packs / "vpt", packs / "lorvp", "-o", tmp_path / "p", "--target", "ort-fp16", "--gate-images", "48")
+    assert r.exit_code == 0, r.output
+    recs = json.loads((tmp_path / "p" / "pack.json").read_text())["accuracy_vs_fp32"]
+    assert [r["task"] for r in recs] == [0, 1]
+    for rec in recs:  # 32 val images (labelled) topped up with 16 training images
+        assert rec["images"] == 48 and rec["labelled_images"] == 32 and rec["confidence"] == 0.95
+        assert rec["top1_drop_lower_bound"] <= rec["top1_drop"] and rec["top1_agreement_upper_bound"] >= 0.9
+    r = _cli("pack", packs / "vpt", "-o", tmp_path / "q", "--target", "ort-fp16", "--gate-images", "8",
+             "--min-agreement", "0.5", "--gate-confidence", "0.6", "--max-drop", "10")
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "q" / "pack.json").read_text())["accuracy_vs_fp32"][0]
+    assert (rec["min_agreement"], rec["confidence"], rec["max_drop"]) == (0.5, 0.6, 10)  # the options reach the gate
