@@ -176,6 +176,7 @@ def writer_lock(path: str | Path, create: bool = True, staging: str | None = Non
     `.pack-`); those a killed writer left are removed once the lock is held.
     """
     path = Path(path)
+    created = not path.exists()
     handle = _acquire(path, create)
     try:
         handle.seek(0)
@@ -187,6 +188,8 @@ def writer_lock(path: str | Path, create: bool = True, staging: str | None = Non
     finally:
         with contextlib.suppress(OSError):  # a finished directory keeps no lock file; removed while still held
             (path / LOCK_NAME).unlink()
+            if created and not any(path.iterdir()):  # made for a writer that wrote nothing (it failed first)
+                path.rmdir()
         handle.close()  # releases the flock
 
 

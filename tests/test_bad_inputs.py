@@ -247,10 +247,12 @@ WRITTEN = ("run", "lor", "pack", "tpack")  # digested before and compared after 
 
 
 @pytest.mark.parametrize("args, code, words", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
-def test_bad_input(world, tmp_path, args, code, words):
+def test_bad_input(world, tmp_path, monkeypatch, args, code, words):
     places = {**{k: str(v) for k, v in world.items()}, "tmp": str(tmp_path)}
     argv = [a.format(**places) for a in args]
     before = {k: _digest(world[k]) for k in WRITTEN}
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # a train without -o writes runs/<name> here
     r = runner.invoke(app, argv)
     out = r.output.strip()
     assert r.exit_code == code, out
@@ -259,6 +261,7 @@ def test_bad_input(world, tmp_path, args, code, words):
     assert {k: _digest(world[k]) for k in WRITTEN} == before  # nothing already written changed
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".edgevp.lock")] or \
         code == 0  # nothing half-written under the output
+    assert not list((tmp_path / "cwd" / "runs").glob("*")) or code == 0  # no empty default run directory left
 
 
 def test_there_are_at_least_sixty_bad_inputs():
