@@ -413,7 +413,7 @@ def list_(
         _fail(f"cannot list '{what}'; choose methods, targets, models, datasets or exit-codes", 2)
 
 
-@app.command(epilog="Example: `edgevp demo --limit-train 600 --epochs 3`")
+@app.command(epilog="Example: `edgevp demo -s data.limit_train=600 -s train.epochs=3` (a shorter demo)")
 @handle_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="directory for the demo's runs")] = Path("runs/demo"),

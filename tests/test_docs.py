@@ -216,8 +216,6 @@ def test_every_command_and_option_mentioned_exists():
     assert commands >= {"train", "condense", "export", "pack", "profile", "report", "eval", "predict"}
 
 
-@pytest.mark.xfail(strict=True, reason="edgevp/cli.py's demo epilog shows `edgevp demo --limit-train 600 --epochs 3`; "
-                                       "demo takes neither option (drop this mark when the epilog is fixed)")
 def test_the_help_texts_name_only_real_options():
     """The same check over the generated CLI reference: every help text and epilog's example is a real command line."""
     cli = gen_docs.cli_options()
