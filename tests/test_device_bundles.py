@@ -366,3 +366,60 @@ def test_build_and_verify_each_bundle_on_a_device(bundles, form, tmp_path):
     assert build.returncode == 0, build.stderr[-3000:]
     verify = subprocess.run(["./verify.sh"], cwd=bundle, capture_output=True, text=True, timeout=600)
     assert verify.returncode == 0 and "PASSED" in verify.stdout + verify.stderr, verify.stdout[-3000:]
+
+
+def test_a_swin_bundle_conforms_at_opset_17(tmp_path, monkeypatch):
+    """Swin graphs have Pad, for which onnx's version converter has no 18 -> 17 adapter: torch left them at opset 18,
+    which TensorRT 8.x refuses. edgevp rewrites the ops that changed in 18; the parity gate and the conformance
+    check both pass, on every platform."""
+    import onnx
+
+    from edgevp.train import fit
+
+    from .test_swin import SWIN
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    fit(tiny_config("vpt", {"num_tokens": 2}, backbone=SWIN, train={"epochs": 1}), out=tmp_path / "swin")
+    with pytest.raises(Exception) as e:
+        export_run(tmp_path / "swin", ExportOptions(target="trt-fp16", out=tmp_path / "e"))
+    assert getattr(e.value, "exit_code", None) == 4, e.value  # gated and conforming; only TensorRT is missing
+    side = json.loads((tmp_path / "e" / "trt-fp16.json").read_text())
+    assert side["parity"]["max_abs"] <= 1e-4 and side["conformance"]["ok"]  # parity: the fp32 graph at opset 17
+    model = onnx.load(str(tmp_path / "e" / "trt-fp16" / "model.fp16.onnx"))
+    assert [o.version for o in model.opset_import if o.domain == ""] == [17]
+
+
+def test_opset_18_ops_rewritten_for_17_compute_the_same():
+    """Pad (no adapter in onnx's converter), ReduceMean with axes as an input and Split with num_outputs: the opset-17
+    forms give ONNX Runtime the same outputs; an op with no rewrite is refused, not guessed."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgevp.conformance.graph import to_opset_17
+
+    inits = [numpy_helper.from_array(np.asarray([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+             numpy_helper.from_array(np.asarray([-1], np.int64), "axes")]
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"]),
+             helper.make_node("ReduceMean", ["p", "axes"], ["m"], keepdims=1),
+             helper.make_node("Split", ["p"], ["s0", "s1"], axis=1, num_outputs=2)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 3, 3])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in
+                               (("m", [2, 4, 5, 1]), ("s0", [2, 2, 5, 5]), ("s1", [2, 2, 5, 5]))],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.random.default_rng(0).random((2, 4, 3, 3), dtype=np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    want = run(model)
+    assert to_opset_17(model) == 2
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.version for o in model.opset_import] == [17]
+    assert all(np.array_equal(a, b) for a, b in zip(want, run(model)))
+    resize = helper.make_model(helper.make_graph([helper.make_node("Resize", ["x", "", "sc"], ["y"])], "r",
+                                                 graph.input, [], [numpy_helper.from_array(np.ones(4, np.float32), "sc")]),
+                               opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(ValueError, match="Resize changed in opset 18"):
+        to_opset_17(resize)

@@ -9,6 +9,10 @@
   it came in 8.6), which the exporter emits at opset 17/18: for a platform set that includes 8.5 it becomes
   ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add, the pattern ONNX Runtime's LayerNormFusion and TensorRT's
   normalization fusion recognise.
+- `to_opset_17`: the dynamo exporter writes opset 18 and converts down with onnx's version converter, which has no
+  adapter for `Pad` (18 added an `axes` input): a Swin graph stayed at 18, which TensorRT 8.x refuses. The ops our
+  graphs use that changed in 18 are rewritten to their 13/17 forms here (Pad without axes, Reduce* axes back to an
+  attribute, Split's num_outputs); any other is refused rather than guessed.
 - `prune_opset_imports`: opset domains no node uses (ONNX Runtime's quantiser declares several).
 - `add_probabilities`: a `Softmax` output beside the logits, what DeepStream's built-in classifier parser expects.
 """
@@ -116,6 +120,47 @@ def needs_layernorm_decomposed(platform: str | None) -> bool:
 
     return platform is not None and any("LayerNormalization" not in importer_rules(p.trt).ops
                                         for p in resolve(platform))
+
+
+REDUCE_AXES_ATTR = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+                    "ReduceLogSumExp", "ReduceSumSquare")  # axes moved from attribute to input in opset 18
+
+
+def to_opset_17(model) -> int:
+    """Rewrite an opset-18 graph as opset 17 in place; returns the nodes changed. ValueError for an op whose opset-18
+    form has no opset-17 equivalent here."""
+    from onnx import helper, numpy_helper
+
+    if next(o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS) != 18:
+        return 0
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    changed = 0
+    for node in model.graph.node:
+        if node.domain not in DEFAULT_DOMAINS:
+            continue
+        if node.op_type == "Pad" and len(node.input) > 3 and node.input[3]:
+            raise ValueError(f"{node.name}: Pad with axes has no opset-17 form")
+        if node.op_type in REDUCE_AXES_ATTR and len(node.input) > 1 and node.input[1]:
+            if node.input[1] not in consts:
+                raise ValueError(f"{node.name}: {node.op_type} with computed axes has no opset-17 form")
+            axes = [int(a) for a in consts[node.input[1]].ravel()]
+            if not axes:
+                raise ValueError(f"{node.name}: {node.op_type} with empty axes has no opset-17 form here")
+            del node.input[1:]
+            for a in [a for a in node.attribute if a.name == "noop_with_empty_axes"]:  # 18 only; moot with axes
+                node.attribute.remove(a)
+            node.attribute.append(helper.make_attribute("axes", axes))
+            changed += 1
+        elif node.op_type == "Split" and any(a.name == "num_outputs" for a in node.attribute):
+            node.attribute.remove(next(a for a in node.attribute if a.name == "num_outputs"))  # 13: equal parts
+            changed += 1
+        elif node.op_type in ("Resize", "ScatterElements", "ScatterND", "Col2Im", "GroupNormalization", "LpPool",
+                              "CenterCropPad", "Mish") or node.op_type.startswith(("Bitwise", "Optional")):
+            raise ValueError(f"{node.name}: {node.op_type} changed in opset 18; no opset-17 rewrite here")
+    for o in model.opset_import:
+        if o.domain in DEFAULT_DOMAINS:
+            o.version = 17
+    return changed
 
 
 def prune_opset_imports(model) -> list[str]:

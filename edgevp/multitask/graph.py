@@ -17,7 +17,7 @@ def export_pack(model, tables, tasks, opts, fold: dict, path: Path) -> dict:
     import torch
 
     from ..conformance.graph import for_tensorrt
-    from ..export.onnx import check, quiet_exporter, set_metadata, simplify
+    from ..export.onnx import check, quiet_exporter, set_metadata, settle_opset, simplify
 
     size = tuple(tasks[0].model.info.input_size)
     names = list(tables.flat())
@@ -38,6 +38,7 @@ def export_pack(model, tables, tasks, opts, fold: dict, path: Path) -> dict:
         torch.onnx.export(model, (images, task, *example_tables), str(path), dynamo=True, opset_version=opts.opset,
                           input_names=[IMAGES, TASK, *(names if opts.tables_as_inputs else [])],
                           output_names=[LOGITS], dynamic_shapes=dyn, external_data=False, verbose=False)
+    settle_opset(path, opts.opset)
     check(path)
     simp = simplify(path, "auto")
     rewrites = for_tensorrt(path, platform=opts.platform)
