@@ -244,3 +244,34 @@ def test_training_on_a_full_disk_keeps_every_file_whole_and_resumes(tmp_path):
         r = _cli("train", "--resume", out) if resumable else _cli(*args)
         assert r.exit_code == 0, r.output
         assert json.loads((out / "manifest.json").read_text())["stages"][-1]["status"] == "completed"
+
+
+@pytest.mark.parametrize("target", ["onnx", "trt-int8"])
+def test_export_on_a_full_disk_leaves_no_artifact(world, tmp_path, target):
+    """Export stages every file in `.export-*` inside the output and moves them in at the end: a full disk is one
+    line, exit 2, and no artifact, bundle or staging folder under the output; with space freed it succeeds."""
+    with tmpfs(tmp_path / "disk", "size=16m") as disk:  # room for the artifacts once the filler is gone
+        out = disk / "export"
+        out.mkdir()
+        filler = fill(disk, 64 * 1024)
+        args = ["export", world["vpt"], "--target", target, "-o", out, "--exporter", "legacy", "--gate-images", "16",
+                "--min-agreement", "0", "--max-drop", "100"]
+        r = _cli(*args)
+        assert r.exit_code == 2 and "No space left on device" in _one_line(r), r.output
+        assert _files(out) == [] and not list(out.glob(".export-*"))
+        filler.unlink()
+        r = _cli(*args)
+        assert r.exit_code in (0, 4), r.output  # 4: a TensorRT bundle is written, TensorRT is not here
+        assert (out / ("model.onnx" if target == "onnx" else "trt-int8/model.int8.onnx")).is_file()
+
+
+def test_condense_on_a_full_disk_is_one_line_and_runs_again(world, tmp_path):
+    with tmpfs(tmp_path / "disk", "size=1m") as disk:
+        filler = fill(disk, 16 * 1024)
+        args = ["-q", "condense", world["vpt"], "-o", disk / "pc", "--keep", "0.5", "--finetune-epochs", "0"]
+        r = _cli(*args)
+        assert r.exit_code == 2 and "No space left on device" in _one_line(r), r.output
+        assert not list((disk / "pc").rglob("*.tmp")) if (disk / "pc").exists() else True
+        filler.unlink()
+        r = _cli(*args)
+        assert r.exit_code == 0, r.output
