@@ -275,3 +275,18 @@ def test_condense_on_a_full_disk_is_one_line_and_runs_again(world, tmp_path):
         filler.unlink()
         r = _cli(*args)
         assert r.exit_code == 0, r.output
+
+
+def test_sweep_on_a_full_disk_is_one_line_and_runs_again(tmp_path):
+    """SQLite says 'database or disk is full' (not an OSError): still one line, exit 2, the disk named as the cause;
+    the same sweep completes once space is freed."""
+    tiny = Path(__file__).parent.parent / "recipes" / "tiny" / "linear.yaml"
+    with tmpfs(tmp_path / "disk", "size=4m") as disk:
+        filler = fill(disk, 16 * 1024)
+        args = ["-q", "sweep", tiny, "-o", disk / "sweep", "--grid", "train.lr=0.01,0.003", "-s", "train.epochs=1",
+                "-s", "data.limit_train=64", "-s", "data.limit_val=32", "-s", "data.limit_test=32"]
+        r = _cli(*args)
+        assert r.exit_code == 2 and "disk is full" in _one_line(r) and "free space on that disk" in r.output, r.output
+        filler.unlink()
+        r = _cli(*args)
+        assert r.exit_code == 0 and "2 complete" in r.output, r.output

@@ -111,7 +111,9 @@ def open_storage(url: str, opts: SweepOptions, on_stale: Callable | None = None)
                            "pymysql (MySQL)") from None
     except Exception as e:  # noqa: BLE001 - any SQLAlchemy/driver error: the URL cannot be opened
         first = str(getattr(e, "orig", None) or e).splitlines()[0]
+        full = "disk is full" in first or "No space left" in first  # SQLite's words for ENOSPC
         raise ConfigError(f"cannot open the sweep storage '{shown_url(url)}': {first}",
+                          "free space on that disk, or choose another directory" if full else
                           "check the URL, that the database server is reachable, and that the file's folder "
                           "exists") from None
     if backend == "sqlite":
