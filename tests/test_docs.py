@@ -283,6 +283,23 @@ def test_every_repository_path_mentioned_exists():
     assert not bad, "paths that are not in the repository: " + ", ".join(bad)
 
 
+def test_the_readme_links_into_the_docs():
+    """The README's relative links (mkdocs checks the pages' own) name files that exist, and headings that exist."""
+    from markdown.extensions.toc import slugify
+
+    links = re.findall(r"\]\(([^)\s]+)\)", _read(ROOT / "README.md"))
+    local = [link for link in links if not re.match(r"\w+://", link)]
+    assert sum(link.startswith("docs/") for link in local) >= 10
+    for link in local:
+        path, _, anchor = link.partition("#")
+        target = ROOT / path if path else ROOT / "README.md"
+        assert target.exists(), f"README links to {link}: no such file"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", _read(target), flags=re.S | re.M),
+                                  flags=re.M)
+            assert anchor in {slugify(h, "-") for h in headings}, f"README links to {link}: no such heading"
+
+
 @pytest.mark.parametrize("module", ["edgevp/condense/pc.py", "edgevp/export/onnx.py", "edgevp/export/ort.py"])
 def test_docstrings_cite_only_files_in_the_repository(module):
     import ast
