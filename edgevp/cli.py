@@ -113,7 +113,7 @@ def train(
                                                  "without it")] = False,
     nproc: Annotated[Optional[int], typer.Option(
         help="data-parallel processes on this machine (runs torchrun; data.batch_size stays the global batch); "
-             "for several machines run `torchrun ... -m edgevp train` yourself (README: Scale out)")] = None,
+             "for several machines run `torchrun ... -m edgevp train` yourself (docs/scale-out.md)")] = None,
 ) -> None:
     """Train a prompt method (+ head) on a frozen backbone from a YAML recipe.
 

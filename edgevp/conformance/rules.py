@@ -2,8 +2,8 @@
 DeepStream Gst-nvinfer's config parser.
 
 Every rule was read from the tool's own source, not learned by running it (TensorRT and DeepStream cannot run
-here). Each entry cites `repo path ~line`; where no source was found the comment says so and the rule comes from
-shared/research/device-tools-rules.md. Sources read:
+here). Each entry cites `repo path ~line`; where no source was found the comment says so and names the document the
+rule comes from instead. Sources read:
 
 - onnx/onnx-tensorrt branches 8.5-GA, 8.6-GA (builtin_op_importers.cpp, ModelImporter.cpp, onnx2trt_utils.cpp),
   10.0-GA and 10.1-GA (onnxOpImporters.cpp, importerUtils.cpp), and docs/operators.md of each. No 10.3 branch is
