@@ -8,15 +8,14 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 
+from ..conformance.graph import PROBS
 from ..conformance.platforms import resolve
 from ..io import sha256_file as sha256, write_json, write_text
 from .bundle import SCRIPT, bundle_versions, shapes_arg, verify_script, version_cases, write_references
 from .onnx import INPUT, OUTPUT
 from .ort import RANGES_FILE
 
-PROBS = "probs"
 ONNX_NAME = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 REFERENCE_IMAGES = 8
 
@@ -190,10 +189,3 @@ def _write_triton(bundle: Path, onnx_name: str, model: str, chw: list[int], clas
         if platform == "onnxruntime_onnx":
             shutil.copyfile(bundle / onnx_name, d / "1" / "model.onnx")
     return {"repository": "triton", "tensorrt": model, "onnxruntime": f"{model}_onnx"}
-
-
-def reference_logits(bundle: Path) -> np.ndarray:
-    """The logits of the bundle's reference outputs (for tests and the engine gate)."""
-    from .bundle import read_polygraphy_outputs
-
-    return np.concatenate([o[OUTPUT] for o in read_polygraphy_outputs(bundle)])
