@@ -39,6 +39,11 @@ def trtexec_flags(platform: Platform, precision: str) -> list[str]:
     return [*typing, f"--memPoolSize=workspace:{WORKSPACE_MIB}", build_only]
 
 
+def flags_by_version(platforms: list[Platform], precision: str) -> dict[str, list[str]]:
+    """TensorRT version -> its trtexec flags: what model.json records and build_engine.sh's case arms run."""
+    return {p.trt: trtexec_flags(p, precision) for p in platforms}
+
+
 def _case_pattern(platform: Platform) -> str:
     return "10.*" if platform.trt == "10" else platform.trt
 

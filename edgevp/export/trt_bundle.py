@@ -12,7 +12,7 @@ from pathlib import Path
 from ..conformance.graph import PROBS
 from ..conformance.platforms import resolve
 from ..io import sha256_file as sha256, write_json, write_text
-from .bundle import SCRIPT, bundle_versions, shapes_arg, verify_script, version_cases, write_references
+from .bundle import SCRIPT, bundle_versions, flags_by_version, shapes_arg, verify_script, version_cases, write_references
 from .onnx import INPUT, OUTPUT
 from .ort import RANGES_FILE
 
@@ -121,7 +121,7 @@ def write_bundle(ctx, precision: str, result: dict) -> tuple[Path, str]:
         "shapes": {k: list(v) for k, v in shp.items()}, "class_names": classes, "labels": "labels.txt",
         "preprocessing": formats.preprocessing(data), "data_config": data,
         "platform": ctx.opts.platform, "platforms": [p.name for p in platforms],
-        "trtexec_flags": _flags_by_version(platforms, precision), "reference": ref,
+        "trtexec_flags": flags_by_version(platforms, precision), "reference": ref,
         "source_run": ctx.run.path.name, "source_checkpoint_sha256": ctx.checkpoint_sha256,
         "method": ctx.cfg.method, "backbone": ctx.cfg.backbone.name,
         "test_split": "test.npz" if (bundle / "test.npz").is_file() else None,
@@ -148,12 +148,6 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
-
-
-def _flags_by_version(platforms, precision: str) -> dict[str, list[str]]:
-    from .bundle import trtexec_flags
-
-    return {p.trt: trtexec_flags(p, precision) for p in platforms}
 
 
 def _write_deepstream(bundle: Path, onnx_name: str, chw: list[int], batch: int, precision: str, data: dict,

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..conformance.platforms import resolve
-from ..export.bundle import SCRIPT, bundle_versions, trtexec_flags, verify_script, version_cases, write_references
+from ..export.bundle import (SCRIPT, bundle_versions, flags_by_version, shapes_arg, verify_script, version_cases,
+                             write_references)
 from ..io import sha256_file, write_json, write_text
 from .graph import IMAGES, LOGITS, TASK, is_row_table
 from .tables import PAD_LOGIT
@@ -87,8 +88,7 @@ def write_trt_bundle(work: Path, files: list[str], tasks, opts, gate: dict) -> s
     tables = dict(np.load(bundle / "tables.npz")) if opts.tables_as_inputs else {}
     platforms = resolve(opts.platform)
     dims = _dims(tables, c, h, w, opts)
-    spec = " ".join(f"--{which}Shapes=" + ",".join(f"{n}:{d[which]}" for n, d in dims.items())
-                    for which in ("min", "opt", "max"))
+    spec = " ".join(f"--{which}Shapes={shapes_arg(which, dims)}" for which in ("min", "opt", "max"))
     feeds = _reference_feeds(tasks, tables, opts)
     ref = write_references(bundle, onnx_name, feeds, precision, None, int32_inputs=(TASK,))
     write_text(bundle / "build_engine.sh", SCRIPT.format(
@@ -96,7 +96,7 @@ def write_trt_bundle(work: Path, files: list[str], tasks, opts, gate: dict) -> s
         cases=version_cases(platforms, precision))
         + (TRITON_TAIL if not tables else "")
         + 'echo "engine: $(pwd)/$ENGINE; check it: ./verify.sh $ENGINE (edgevp profile $ENGINE --task mixed)"\n')
-    run_shapes = "--shapes=" + ",".join(f"{n}:{d['opt']}" for n, d in dims.items())
+    run_shapes = f"--shapes={shapes_arg('opt', dims)}"
     write_text(bundle / "verify.sh", verify_script(f"model.trt*-{precision}.engine", len(feeds), list(dims),
                                                    run_shapes, ref["tolerances"], int32_inputs=(TASK,)))
     for script in ("build_engine.sh", "verify.sh"):
@@ -111,7 +111,7 @@ def write_trt_bundle(work: Path, files: list[str], tasks, opts, gate: dict) -> s
         "inputs": list(dims), "input": IMAGES, "output": LOGITS, "outputs": [LOGITS], "num_tasks": len(tasks),
         "tasks": "tasks.json", "labels": {str(i): f"labels/{i}.txt" for i in range(len(tasks))},
         "shapes": dims, "platform": opts.platform, "platforms": [p.name for p in platforms],
-        "trtexec_flags": {p.trt: trtexec_flags(p, precision) for p in platforms}, "reference": ref,
+        "trtexec_flags": flags_by_version(platforms, precision), "reference": ref,
         "triton": triton, "deepstream": {"config": None, "reason": DEEPSTREAM_REASON},
         "built_by": "build_engine.sh"})
     (bundle / "README.md").write_text(README.format(
