@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import check_epochs, load_yaml
 from ..console import Reporter
-from ..errors import EXIT_INTERRUPTED, ConfigError, EdgevpError
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, ConfigError, EdgevpError
 from ..io import sha256_file
 from ..recipe import build_run_config
 from ..runs import RunDir, writer_lock
@@ -275,9 +275,9 @@ def _train_subprocess(sweep: _Sweep, trial, params: dict, run_dir: Path, info: d
             RunDir(run_dir).set_stage("train", status="pruned", error=f"sweep trial pruned at epoch {pruned_at + 1}")
             RunDir(run_dir).update_manifest(sweep=info)
         raise _PrunedTrial(pruned_at)
-    if proc.returncode == 130:
+    if proc.returncode == EXIT_INTERRUPTED:
         raise _Stopped()
-    if proc.returncode != 0:
+    if proc.returncode != EXIT_OK:
         raise EdgevpError(f"edgevp train exited {proc.returncode}: {err[-1] if err else 'no message'}")
     with writer_lock(run_dir, create=False):
         RunDir(run_dir).update_manifest(sweep=info)
