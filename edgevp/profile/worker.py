@@ -63,7 +63,7 @@ def prepare_run_torch(spec: str, batch: int, device: str, threads: int | None, c
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import EdgevpError
+    from ..errors import EXIT_OK, EdgevpError
 
     ap = argparse.ArgumentParser()
     ap.add_argument("artifact")
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"error": e.line(), "exit_code": e.exit_code}))
         return e.exit_code
     print(json.dumps(out))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
