@@ -139,6 +139,17 @@ class Splits:
                 ds.transform, ds.seed = transform, seed
 
 
+@dataclass
+class LoadedSplits:
+    """What a dataset loader read: its train split, the val and test splits the dataset defines itself (None: held
+    out of train by `load_splits`), and `info`, the provenance recorded in the manifest (paths, sha256)."""
+
+    train: ImageDataset
+    val: ImageDataset | None = None
+    test: ImageDataset | None = None
+    info: dict = field(default_factory=dict)
+
+
 def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         b = f.read()
@@ -180,7 +191,7 @@ def merge(a: ImageDataset, b: ImageDataset) -> ImageDataset:
     return ImageDataset(items, np.concatenate([a.labels, b.labels]), a.classes, a.transform, a.seed)
 
 
-def _fashion_mnist(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None, dict]:
+def _fashion_mnist(cfg: DataConfig) -> LoadedSplits:
     root = Path(cfg.root or FASHION_MNIST_DIR)
     names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
              "t10k-labels-idx1-ubyte.gz"]
@@ -190,10 +201,11 @@ def _fashion_mnist(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None, 
                         "the four idx .gz files")
     xtr, ytr, xte, yte = (_read_idx(root / n) for n in names)
     source = {"root": str(root), "sha256": {n: sha256_file(root / n) for n in names}}
-    return (ImageDataset(xtr, ytr, FASHION_MNIST_CLASSES), ImageDataset(xte, yte, FASHION_MNIST_CLASSES), source)
+    return LoadedSplits(ImageDataset(xtr, ytr, FASHION_MNIST_CLASSES),
+                        test=ImageDataset(xte, yte, FASHION_MNIST_CLASSES), info=source)
 
 
-def _digits(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None, dict]:
+def _digits(cfg: DataConfig) -> LoadedSplits:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -201,7 +213,7 @@ def _digits(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None, dict]:
     d = load_digits()
     images = np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
     classes = [str(i) for i in range(10)]
-    return ImageDataset(images, d.target, classes), None, {"source": "sklearn.datasets.load_digits"}
+    return LoadedSplits(ImageDataset(images, d.target, classes), info={"source": "sklearn.datasets.load_digits"})
 
 
 def _scan_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
@@ -220,7 +232,7 @@ def _scan_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
     return paths, labels, classes
 
 
-def _folder(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None, dict, ImageDataset | None]:
+def _folder(cfg: DataConfig) -> LoadedSplits:
     if not cfg.root:
         raise DataError("data.name=folder needs data.root", "example: -s data.root=/data/my_images")
     root = Path(cfg.root).expanduser()
@@ -230,7 +242,7 @@ def _folder(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None, dict, I
     sub = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     if "train" not in sub:
         paths, labels, classes = _scan_folder(root)
-        return ImageDataset(paths, labels, classes), None, {"root": str(root)}, None
+        return LoadedSplits(ImageDataset(paths, labels, classes), info={"root": str(root)})
     paths, labels, classes = _scan_folder(sub["train"])
     train = ImageDataset(paths, labels, classes)
     extra = {}
@@ -240,21 +252,22 @@ def _folder(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None, dict, I
             if c != classes:
                 raise DataError(f"classes of '{sub[s]}' differ from '{sub['train']}'")
             extra[s] = ImageDataset(p, l, classes)
-    return train, extra.get("test"), {"root": str(root), "splits": sorted(sub)}, extra.get("val")
+    return LoadedSplits(train, extra.get("val"), extra.get("test"), {"root": str(root), "splits": sorted(sub)})
 
 
 # Fashion-MNIST's ten classes in three super-classes: a second task on the same images (the demo packs both)
 FASHION_MNIST_GROUPS = {"clothing": [0, 1, 2, 3, 4, 6], "footwear": [5, 7, 9], "bag": [8]}
 
 
-def _fashion_mnist_groups(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None, dict]:
-    train, test, source = _fashion_mnist(cfg)
+def _fashion_mnist_groups(cfg: DataConfig) -> LoadedSplits:
+    read = _fashion_mnist(cfg)
     lookup = np.zeros(len(FASHION_MNIST_CLASSES), dtype=np.int64)
     for group, members in enumerate(FASHION_MNIST_GROUPS.values()):
         lookup[members] = group
     names = list(FASHION_MNIST_GROUPS)
     regroup = lambda ds: ImageDataset(ds.items, lookup[ds.labels], names)  # noqa: E731
-    return regroup(train), regroup(test), {**source, "labels": "super-classes", "groups": FASHION_MNIST_GROUPS}
+    return LoadedSplits(regroup(read.train), test=regroup(read.test),
+                        info={**read.info, "labels": "super-classes", "groups": FASHION_MNIST_GROUPS})
 
 
 # -- benchmark split files: VTAB-1k (folder format) and FGVC (VPT's JSON splits) ------------------------------------
@@ -348,7 +361,7 @@ def _hashes(files: dict[str, Path]) -> dict[str, str]:
     return {name: sha256_file(p) for name, p in files.items()}
 
 
-def _vtab1k(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset, dict, ImageDataset]:
+def _vtab1k(cfg: DataConfig) -> LoadedSplits:
     """VTAB-1k in the shared folder format. Labels are used as written (the TFDS class ids that test.txt shares), not
     re-indexed: classes = 0..max label over the files read; a negative label, one at or above the task's class count,
     or a class id below the maximum with no image in any file (a gap: the files do not carry VTAB's ids) is refused."""
@@ -384,15 +397,14 @@ def _vtab1k(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset, dict, ImageDat
             labels += [label for _, label, _ in read[n]]
         return ImageDataset(paths, labels, classes)
 
-    train, val, test = build(train_names), build((val_name,)), build((test_name,))
     source = {"format": "vtab1k", "root": str(root), "task": task, "task_dir": str(task_dir),
               "split_protocol": cfg.split_protocol,
               "files": {"train": list(train_names), "val": val_name, "test": test_name},
               "sha256": _hashes({n: task_dir / n for n in names}), "num_classes": num}
-    return train, test, source, val
+    return LoadedSplits(build(train_names), build((val_name,)), build((test_name,)), source)
 
 
-def _fgvc(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset, dict, ImageDataset]:
+def _fgvc(cfg: DataConfig) -> LoadedSplits:
     """FGVC in VPT's JSON split format. Class ids are re-indexed contiguously in sorted order over the union of the
     files read (VPT sorts per file: the same when every split holds every class)."""
     root = Path(cfg.root).expanduser()
@@ -423,13 +435,12 @@ def _fgvc(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset, dict, ImageDatas
             labels += [index[cid] for _, cid, _ in read[n]]
         return ImageDataset(paths, labels, classes)
 
-    train, val, test = build(train_names), build((val_name,)), build((test_name,))
     source = {"format": "fgvc", "root": str(root), "dataset": cfg.dataset, "image_root": str(image_root),
               "split_protocol": cfg.split_protocol,
               "files": {"train": list(train_names), "val": val_name, "test": test_name},
               "sha256": _hashes({n: root / n for n in names}), "num_classes": len(ids),
               "class_ids": ids}
-    return train, test, source, val
+    return LoadedSplits(build(train_names), build((val_name,)), build((test_name,)), source)
 
 
 BUILTIN = {"fashion_mnist": _fashion_mnist, "fashion_mnist_groups": _fashion_mnist_groups, "digits": _digits,
@@ -438,14 +449,10 @@ BUILTIN = {"fashion_mnist": _fashion_mnist, "fashion_mnist_groups": _fashion_mni
 
 def load_splits(cfg: DataConfig) -> Splits:
     """Build train/val/test for `cfg`; val (and test when absent) are stratified, seeded hold-outs of train."""
-    val = None
-    if cfg.name == "folder":
-        train, test, source, val = _folder(cfg)
-    elif cfg.name in BUILTIN:  # (train, test, source) or, with a val split of its own, (train, test, source, val)
-        train, test, source, *rest = BUILTIN[cfg.name](cfg)
-        val = rest[0] if rest else None
-    else:
+    if cfg.name not in BUILTIN and cfg.name != "folder":
         raise DataError(f"unknown dataset '{cfg.name}'", f"choose one of {', '.join([*BUILTIN, 'folder'])}")
+    read = _folder(cfg) if cfg.name == "folder" else BUILTIN[cfg.name](cfg)
+    train, val, test, source = read.train, read.val, read.test, read.info
     files = [p for ds in (train, val, test) if ds is not None and not isinstance(ds.items, np.ndarray) for p in ds.items]
     if files and "fingerprint" not in source:  # what a resume compares: the whole file list, before any subset
         source = {**source, "fingerprint": fingerprint(files, source.get("root"))}
