@@ -188,22 +188,8 @@ def engine_sidecar(p: Path) -> dict:
     return {}
 
 
-def compute_capability() -> str | None:
-    """CUDA compute capability of GPU 0 ('8.7'), from nvidia-smi or, on a Jetson, the SoC; None when unknown."""
-    from ..profile.device import _read, _run
-
-    out = _run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"])
-    if out and out.splitlines()[0].strip().replace(".", "").isdigit():
-        return out.splitlines()[0].strip()
-    compat = _read("/proc/device-tree/compatible") or ""
-    for soc, cc in (("tegra234", "8.7"), ("tegra194", "7.2"), ("tegra186", "6.2"), ("tegra210", "5.3")):
-        if soc in compat:
-            return cc
-    return None
-
-
 def _open_engine(p: Path) -> Artifact:
-    from ..profile.device import gpu_name
+    from ..profile.device import compute_capability, gpu_name
     from ..profile.trt_runtime import TrtEngineRunner, check_sidecar
 
     meta = engine_sidecar(p)

@@ -32,6 +32,18 @@ def gpu_name() -> str | None:
     return model if model and "jetson" in model.lower() else None
 
 
+def compute_capability() -> str | None:
+    """CUDA compute capability of GPU 0 ('8.7'), from nvidia-smi or, on a Jetson, the SoC; None when unknown."""
+    out = _run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"])
+    if out and out.splitlines()[0].strip().replace(".", "").isdigit():
+        return out.splitlines()[0].strip()
+    compat = _read("/proc/device-tree/compatible") or ""
+    for soc, cc in (("tegra234", "8.7"), ("tegra194", "7.2"), ("tegra186", "6.2"), ("tegra210", "5.3")):
+        if soc in compat:
+            return cc
+    return None
+
+
 def cpu_name() -> str:
     text = _read("/proc/cpuinfo") or ""
     for line in text.splitlines():
