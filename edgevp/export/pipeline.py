@@ -155,7 +155,8 @@ class ExportContext:
         return ((x - mean) / std).astype(x.dtype)
 
 
-def _writable_dir(out: Path) -> None:
+def writable_dir(out: Path) -> None:
+    """Create `out` and prove a file can be written in it (ConfigError, exit 2, when not)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-"):
@@ -169,7 +170,7 @@ def final_name(name: str, failed: bool) -> str:
     return f"{name}.failed" if failed else name
 
 
-def _install(work: Path, out: Path, files: list[str], failed: bool) -> list[str]:
+def install_staged(work: Path, out: Path, files: list[str], failed: bool) -> list[str]:
     """Move staged files (and directories) into `out`; failed ones get a `.failed` suffix. Returns final names."""
     final = []
     for name in files:
@@ -219,7 +220,7 @@ def _build_and_install(run, cfg, model, deploy, header, opts: ExportOptions, out
                    "source_checkpoint": opts.checkpoint, "source_checkpoint_sha256": ctx.checkpoint_sha256,
                    "method": cfg.method, "backbone": cfg.backbone.name, "options": _jsonable(asdict(opts)),
                    "fold": fold.to_dict(), **{k: v for k, v in result.items() if k != "files"}}
-        sidecar["files"] = _install(work, out, result["files"], failed=status == "failed")
+        sidecar["files"] = install_staged(work, out, result["files"], failed=status == "failed")
         sidecar_name = result.get("sidecar", "model.json")
         write_json(out / sidecar_name, sidecar)
     finally:
@@ -245,7 +246,7 @@ def export_run(run_path: str | Path, opts: ExportOptions) -> dict:
     run.manifest()
     cfg, model, header = load_run(run.path, opts.checkpoint)
     out = Path(opts.out) if opts.out is not None else run.path / "export"
-    _writable_dir(out)
+    writable_dir(out)
     deploy = to_deploy(model, include_preprocess=opts.include_preprocess)
     with writer_lock(out, staging=".export-"):  # one export into a directory at a time (a second one exits 8)
         sidecar, sidecar_name, status = _build_and_install(run, cfg, model, deploy, header, opts, out, target)

@@ -177,7 +177,7 @@ def pack(runs: list[str | Path], out: str | Path, opts: PackOptions | None = Non
     Example:
         >>> edgevp.pack(["runs/fmnist-vpt", "runs/digits-lorvp"], "runs/pack")
     """
-    from ..export.pipeline import _writable_dir
+    from ..export.pipeline import writable_dir
     from ..runs import writer_lock
 
     opts = opts or PackOptions()
@@ -187,7 +187,7 @@ def pack(runs: list[str | Path], out: str | Path, opts: PackOptions | None = Non
     tasks = load_tasks([Path(r) for r in runs], opts.checkpoint)
     if not opts.update_tables and out.resolve() in {t.run.resolve() for t in tasks}:
         raise ConfigError(f"output '{out}' is one of the runs", "pack into a new directory")
-    _writable_dir(out)
+    writable_dir(out)
     with writer_lock(out, staging=".pack-"):  # one pack into a directory at a time; a killed one's staging goes
         if opts.update_tables:
             return update_tables(tasks, out, _existing_pack(out), opts)
@@ -205,7 +205,7 @@ def _pack_into(tasks: list[Task], out: Path, opts: PackOptions) -> dict:
     """Build, gate and install the pack in a `.pack-*` staging folder inside `out` (the writer lock is held)."""
     from .. import __version__
     from ..conformance.bundle import gate_bundle
-    from ..export.pipeline import _install, final_name
+    from ..export.pipeline import final_name, install_staged
     from ..io import disk_full_is_one_line
     from ..runs import now
     from .bundle import write_trt_bundle
@@ -239,7 +239,7 @@ def _pack_into(tasks: list[Task], out: Path, opts: PackOptions) -> dict:
                                                                               if k != "status"}}
             sidecar["files"] = [final_name(f, status == "failed") for f in files]
             write_json(work / "pack.json", sidecar)  # written before anything is installed: a full disk stops here
-        _install(work, out, files, failed=status == "failed")
+        install_staged(work, out, files, failed=status == "failed")
         os.replace(work / "pack.json", out / "pack.json")
     finally:
         shutil.rmtree(work, ignore_errors=True)
