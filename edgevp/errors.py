@@ -71,3 +71,20 @@ class VerificationError(EdgevpError):
 
 class BusyError(EdgevpError):
     exit_code = EXIT_BUSY
+
+
+class InterruptedRun(EdgevpError):
+    """Ctrl-C / SIGTERM: the run keeps its last checkpoint and resumes with --resume."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class ChildProcessesFailed(EdgevpError):
+    """Processes this one started (torchrun ranks) ended with `exit_code`; they printed their own error line, so this
+    one is silent (`echoed_by_main`)."""
+
+    echoed_by_main = True
+
+    def __init__(self, exit_code: int, message: str = "a data-parallel process failed"):
+        super().__init__(message)
+        self.exit_code = exit_code
