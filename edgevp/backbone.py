@@ -4,44 +4,14 @@ from __future__ import annotations
 import difflib
 import os
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from .backbone_info import BackboneInfo
 from .config import BackboneConfig
 from .errors import ConfigError, MissingError
-
-
-@dataclass
-class BackboneInfo:
-    """Facts about a created backbone that prompt methods, data and the manifest use."""
-
-    name: str
-    weights: str
-    weights_sha256: str | None
-    is_vit: bool
-    input_size: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str
-    crop_pct: float
-    num_features: int
-    num_classes: int
-    embed_dim: int = 0
-    depth: int = 0
-    num_heads: int = 0
-    num_prefix_tokens: int = 0
-    patch_size: tuple[int, int] = (0, 0)
-    mlp_hidden: int = 0
-    is_swin: bool = False
-    # Swin only: per stage {depth, in_dim, dim, heads, attn_dim, mlp_hidden, resolution (H, W) of its blocks, window
-    # (Mh, Mw) of its blocks (timm clamps it to the resolution), downsample}; per block its dim (blocks in order)
-    swin_stages: list[dict[str, Any]] = field(default_factory=list)
-    block_dims: list[int] = field(default_factory=list)
-    data_config: dict[str, Any] = field(default_factory=dict)
 
 
 def _check_name(name: str) -> None:
@@ -193,12 +163,6 @@ def _describe_swin(model: nn.Module, info: BackboneInfo) -> None:
     info.embed_dim, info.num_heads = stages[0]["dim"], stages[0]["heads"]
     info.mlp_hidden = stages[0]["mlp_hidden"]
     info.patch_size = tuple(int(p) for p in model.patch_embed.patch_size)
-
-
-def num_patches(info: BackboneInfo) -> int:
-    """Patch tokens of a ViT at the configured input size."""
-    _, h, w = info.input_size
-    return (h // info.patch_size[0]) * (w // info.patch_size[1])
 
 
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:

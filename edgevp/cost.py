@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .backbone import BackboneInfo, num_patches
+from .backbone_info import BackboneInfo, num_patches
 
 
 @dataclass
