@@ -54,6 +54,18 @@ def _params_text(params: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
+def done_line(doc: dict) -> str:
+    """`done: N complete, ...; best: trial K (params) metric V[; final test top-1 T] -> SWEEPDIR` (what `edgevp sweep`
+    prints)."""
+    best, fin = doc["best"], doc["final"]
+    line = (f"best: trial {best['number']} ({_params_text(best['params'])}) {doc['metric']} {best['value']:.4g}"
+            if best else "best: no completed trial")
+    if fin and fin.get("test_top1") is not None:
+        line += f"; final (train+val) test top-1 {fin['test_top1']:.2f}"
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in doc["counts"].items())
+    return f"done: {counts}; {line} -> {doc['sweep_dir']}"
+
+
 def summary_md(doc: dict) -> str:
     keys = list(doc["grid"])
     head = ["trial", *keys, "state", doc["metric"], "test top-1", "run directory", "note"]
