@@ -7,11 +7,12 @@ from pathlib import Path
 import torch
 
 from .backbone import check_backbone, create_backbone, set_head
+from .checkpoints import read_checkpoint
 from .config import RunConfig
 from .errors import EdgevpError
 from .prompts.base import PromptedModel
 from .registry import get_method
-from .runs import RunDir, read_checkpoint
+from .runs import RunDir
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> PromptedModel:

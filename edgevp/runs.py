@@ -4,8 +4,9 @@ Reading a run (config, manifest, metrics) needs no torch, so a device with only 
 profile and report runs; the checkpoint functions import torch / safetensors when called.
 
     RUN/config.yaml                 resolved RunConfig (every default materialised)
-    RUN/manifest.json               versions, seeds, input hashes, stages with timings, parameter counts, memory
-    RUN/metrics.jsonl               one JSON line per evaluated epoch
+    RUN/manifest.json               versions, seeds, input hashes, stages with timings; train_info
+                                    (records.TrainInfo: parameter counts, MACs, memory, best epoch, test top-1)
+    RUN/metrics.jsonl               one JSON line per epoch (records.EpochRecord)
     RUN/log.txt                     the human log
     RUN/checkpoints/{best,last}.safetensors   method + head tensors; header: method, backbone, config, version
     RUN/checkpoints/resume.pt       optimizer / progress / RNG state for --resume (the only pickle)
@@ -20,19 +21,16 @@ import platform
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
-from .config import RunConfig, load_yaml, run_config_to_yaml, to_dict
+from .config import RunConfig, load_yaml, run_config_to_yaml
 from .errors import BusyError, ConfigError, IncompatibleError
-from .io import atomic_path, read_json, write_json, write_text
+from .io import append_jsonl, read_json, write_json, write_text
 from .optional import optional
 from .recipe import build_run_config
-
-if TYPE_CHECKING:
-    import torch
+from .records import EpochRecord, TrainInfo, train_info_of
 
 SCHEMA_VERSION = 1
-CHECKPOINT_FORMAT = "edgevp-prompt-v1"
 
 
 def edgevp_version() -> str:
@@ -141,9 +139,30 @@ class RunDir:
                                     "restore it, or train the run again") from None
 
     def metrics(self) -> list[dict]:
+        """metrics.jsonl as written (one dict per line); `epochs()` gives them typed."""
         if not self.metrics_path.is_file():
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def epochs(self) -> list[EpochRecord]:
+        """metrics.jsonl as typed records."""
+        return [EpochRecord.from_json(m, str(self.metrics_path)) for m in self.metrics()]
+
+    def train_info(self) -> TrainInfo | None:
+        """What training measured (manifest "train_info"); None until training completed."""
+        return train_info_of(self.manifest(), f"'{self.manifest_path}' train_info")
+
+    # -- metrics updates -------------------------------------------------------------------------------------------
+    def append_epoch(self, record: EpochRecord) -> None:
+        append_jsonl(self.metrics_path, record.to_json())
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        """Cut metrics.jsonl back to the epochs before `epoch` (a resume continues from there)."""
+        kept = [m for m in self.epochs() if m.epoch < epoch]
+        write_text(self.metrics_path, "".join(json.dumps(m.to_json()) + "\n" for m in kept))
+
+    def set_train_info(self, info: TrainInfo) -> None:
+        self.update_manifest(train_info=info.to_json())
 
     # -- manifest updates ------------------------------------------------------------------------------------------
     def update_manifest(self, **fields: Any) -> None:
@@ -232,51 +251,3 @@ def _remove_stale_temporaries(path: Path, staging: str | None = None) -> None:
     for stale in path.glob(f"{staging}*") if staging else ():
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
-
-
-# -- checkpoints ---------------------------------------------------------------------------------------------------
-def save_checkpoint(path: Path, state: dict[str, torch.Tensor], cfg: RunConfig, **meta: Any) -> None:
-    from safetensors.torch import save_file
-
-    header = {"format": CHECKPOINT_FORMAT, "edgevp_version": edgevp_version(), "method": cfg.method,
-              "backbone": cfg.backbone.name, "config": json.dumps(to_dict(cfg)),
-              **{k: str(v) for k, v in meta.items()}}
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=header)
-
-
-def read_checkpoint(path: Path, cfg: RunConfig | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a prompt checkpoint; when `cfg` is given, refuse one from another method or backbone."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise IncompatibleError(f"checkpoint '{path}' not found")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise IncompatibleError(f"checkpoint '{path}' is unreadable: {type(e).__name__}") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise IncompatibleError(f"'{path}' is not an edgevp prompt checkpoint (format {meta.get('format')!r})")
-    if cfg is not None:
-        for key, want in (("method", cfg.method), ("backbone", cfg.backbone.name)):
-            if meta.get(key) != want:
-                raise IncompatibleError(f"checkpoint '{path}' is for {key} '{meta.get(key)}', not '{want}'")
-    return state, meta
-
-
-def save_resume(run: RunDir, payload: dict) -> None:
-    import torch
-
-    with atomic_path(run.resume_path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_resume(run: RunDir) -> dict | None:
-    if not run.resume_path.is_file():
-        return None
-    import torch
-
-    return torch.load(run.resume_path, map_location="cpu", weights_only=False)

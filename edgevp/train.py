@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from . import distributed as ddp
 from . import tracking
+from .checkpoints import load_resume, read_checkpoint, save_checkpoint, save_resume
 from .config import RunConfig, TrainConfig, check_epochs
 from .console import Reporter
 from .cost import model_macs
@@ -31,8 +32,7 @@ from .images import check_images, content_sha256, dataset_change
 from .io import append_jsonl, write_text
 from .model import build_model, check_model
 from .prompts.base import PromptedModel
-from .runs import (RunDir, default_run_name, load_resume, read_checkpoint, save_checkpoint, save_resume,
-                   writer_lock)
+from .runs import RunDir, default_run_name, writer_lock
 
 
 class Interrupted(EdgevpError):

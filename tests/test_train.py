@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from edgevp.checkpoints import read_checkpoint
 from edgevp.errors import DivergedError, IncompatibleError
 from edgevp.model import load_run
-from edgevp.runs import RunDir, read_checkpoint
+from edgevp.runs import RunDir
 from edgevp.train import Interrupted, fit, lr_at
 
 from .conftest import tiny_config
