@@ -53,12 +53,14 @@ def _per_window(t: torch.Tensor, batch: int, windows: int) -> torch.Tensor:
 
 def window_attention(a: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None,
                      rows: torch.Tensor | None = None, pk: torch.Tensor | None = None, pv: torch.Tensor | None = None,
-                     keep_rows: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     keep_rows: bool = True, kv_mask: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """timm WindowAttention `a` on windows `x` (B·nW, M², C) with prompts.
 
     rows:   (B, n, C) normalised prompt tokens of each sample: queries and keys/values in every window of the sample;
     pk/pv:  (heads, m, head_dim) constant, or (B, heads, m, head_dim) per sample, key/value columns of every window;
-    mask:   timm's shifted-window mask (nW, M², M²), applied among the window tokens only.
+    mask:   timm's shifted-window mask (nW, M², M²), applied among the window tokens only;
+    kv_mask: (B, m) per sample, added to the logits of the pk/pv columns (-inf takes a padded column out exactly).
     Prompt rows and columns get zero relative-position bias and no mask. Returns (window outputs (B·nW, M², C), prompt
     outputs (B, n, C) averaged over the windows of each sample, or None; also None unless `keep_rows`: the prompt rows
     still query in every window, but their outputs, to be discarded, are not projected).
@@ -100,6 +102,8 @@ def window_attention(a: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = 
         attn = (attn.view(-1, mask.shape[0], h, n + N, m + n + N) + bias.unsqueeze(0)).view(bw, h, n + N, m + n + N)
     else:
         attn = attn + bias
+    if kv_mask is not None and m:
+        attn = attn + F.pad(_per_window(kv_mask.to(attn.dtype), batch, nw), (0, n + N))[:, None, None, :]
     out = a.attn_drop(attn.softmax(dim=-1)) @ v
     out = out.transpose(1, 2).reshape(bw, n + N, -1)
     prompt_out = None
@@ -111,9 +115,10 @@ def window_attention(a: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = 
 
 
 def swin_block(block: nn.Module, x: torch.Tensor, rows: torch.Tensor | None = None,
-               pk: torch.Tensor | None = None, pv: torch.Tensor | None = None, keep_rows: bool = True
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """timm SwinTransformerBlock `block` on x (B, H, W, C) with prompt rows (B, n, C) and key/value columns; returns
+               pk: torch.Tensor | None = None, pv: torch.Tensor | None = None, keep_rows: bool = True,
+               kv_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """timm SwinTransformerBlock `block` on x (B, H, W, C) with prompt rows (B, n, C) and key/value columns (their
+    per-sample `kv_mask` as `window_attention`'s); returns
     (x, the prompt rows after the block, or None when not `keep_rows`: rows the next block replaces or the final norm
     drops need no projection or MLP). The same steps as the block's own forward, prompts added."""
     from timm.models.swin_transformer import window_partition, window_reverse
@@ -128,7 +133,7 @@ def swin_block(block: nn.Module, x: torch.Tensor, rows: torch.Tensor | None = No
     windows = window_partition(shifted, (mh, mw)).view(-1, mh * mw, C)
     mask = block.get_attn_mask(shifted) if getattr(block, "dynamic_mask", False) else block.attn_mask
     normed_rows = None if rows is None else block.norm1(rows)
-    out, prompt_out = window_attention(block.attn, windows, mask, normed_rows, pk, pv, keep_rows)
+    out, prompt_out = window_attention(block.attn, windows, mask, normed_rows, pk, pv, keep_rows, kv_mask)
     y = window_reverse(out.view(-1, mh, mw, C), (mh, mw), hp, wp)[:, :H, :W, :].contiguous()
     if sh or sw:
         y = torch.roll(y, shifts=(sh, sw), dims=(1, 2))
