@@ -1,13 +1,12 @@
 """The `edgevp` command line: a thin layer over the Python API.
 
-Exit codes: 0 ok · 1 unexpected error · 2 usage/config error · 3 verification failed · 4 missing dependency,
-hardware or offline asset · 5 dataset missing/empty/unreadable · 6 incompatible run or checkpoint ·
-7 training diverged · 130 interrupted (resumable).
+Each command parses its arguments, builds the options dataclass of its API function (`edgevp/api.py`: `edgevp.train`,
+`edgevp.condense`, ...), calls it and prints the result; `tests/test_api_cli.py` keeps the options and the dataclasses
+equal. Exit codes are the named ones of `edgevp/errors.py` (`edgevp list exit-codes`), carried by its exception classes.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
 import sys
 import traceback
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from .config import DATASETS  # noqa: F401 (what `edgevp list datasets` prints; torch-free)
-from .errors import EXIT_CODES, EXIT_FAILURE, EXIT_USAGE, EdgevpError
+from .errors import (EXIT_CODES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_MISSING, EXIT_USAGE, ConfigError, EdgevpError,
+                     VerificationError)
 from .io import DISK_FULL, cannot_write
 
 EPILOG = "Exit codes: " + " · ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
@@ -49,13 +49,13 @@ def handle_errors(fn: Callable) -> Callable:
                 raise typer.Exit(e.exit_code)
             _fail(e.line(), e.exit_code)
         except KeyboardInterrupt:
-            _fail("interrupted", 130)
+            _fail("interrupted", EXIT_INTERRUPTED)
         except ModuleNotFoundError as e:  # a missing optional dependency, named with the install that brings it
             from .optional import install_hint
 
             if _state["verbose"]:
                 traceback.print_exc()
-            _fail(f"this command needs '{e.name}', which is not installed ({install_hint(e.name or '?')})", 4)
+            _fail(f"this command needs '{e.name}', which is not installed ({install_hint(e.name or '?')})", EXIT_MISSING)
         except OSError as e:  # a full disk under a write no library code wraps (stdout): still one sentence
             if e.errno not in DISK_FULL:
                 _internal(e)
@@ -125,35 +125,24 @@ def train(
     unreadable, a class folder linked to another · 6 a run directory that exists, a resume on changed data ·
     7 diverged · 8 another process writes the run · 130 interrupted.
     """
-    from .config import load_yaml, run_config_to_yaml
-    from .recipe import build_run_config
+    from .api import TrainOptions, resolve_recipe, train_line
+    from .api import train as train_run
     from .console import Reporter
-    from .train import fit
 
-    if resume is None and recipe is None:
-        _fail("give a RECIPE or --resume RUN_DIR", 2)
-    if resume is not None and (recipe is not None or sets):
-        _fail("--resume takes the run's own config; drop RECIPE and -s", 2)
-    cfg, sha = None, None
-    if recipe is not None:
-        cfg = build_run_config(load_yaml(recipe), sets)
-        sha = hashlib.sha256(recipe.read_bytes()).hexdigest()
-        if print_config:
-            typer.echo(run_config_to_yaml(cfg), nl=False)
-            return
-    if overwrite and resume is not None:
-        _fail("--overwrite starts a run over; it cannot be combined with --resume", 2)
-    if nproc is not None and nproc != 1:
-        raise typer.Exit(_launch_train(nproc, cfg, recipe, sets, out, resume, overwrite))
-    result = fit(cfg, out=out, resume=resume, command=sys.argv, recipe_sha256=sha,
-                 reporter=Reporter(quiet=_state["quiet"]), overwrite=overwrite)
+    if print_config:
+        if recipe is None:
+            raise ConfigError("--print-config prints a RECIPE's resolved config; give RECIPE")
+        from .config import run_config_to_yaml
+
+        typer.echo(run_config_to_yaml(resolve_recipe(recipe, sets)[0]), nl=False)
+        return
+    opts = TrainOptions(out=out, resume=resume, overwrite=overwrite, nproc=nproc)
+    result = train_run(recipe, opts, sets=sets, reporter=Reporter(quiet=_state["quiet"]), command=sys.argv,
+                       rank_flags=["-v"] * _state["verbose"] + ["-q"] * _state["quiet"])
     from . import distributed
 
-    if not distributed.is_main():
-        return  # one "done" line, from rank 0
-    test = "n/a" if result.test_top1 is None else f"{result.test_top1:.2f}"
-    typer.echo(f"done: best val top-1 {result.best_val_top1:.2f} (epoch {result.best_epoch + 1}), test top-1 {test}, "
-               f"{result.train_seconds:.1f}s -> {result.run_dir}")
+    if result is not None and distributed.is_main():  # one "done" line, from rank 0 (torchrun ranks print their own)
+        typer.echo(train_line(result))
 
 
 @app.command(epilog="Examples: `edgevp sweep recipes/vtab1k/vpt_deep.yaml --grid train.lr=0.1,0.05,0.01 --grid "
@@ -196,57 +185,15 @@ def sweep(
     Exit codes: 2 a grid key or value the recipe schema refuses, a storage URL that cannot be opened, bad options ·
     4 optuna (or the database's driver) missing · 6 the study exists with another grid or recipe.
     """
+    from .api import sweep as sweep_run
     from .console import Reporter
-    from .sweep import SweepOptions, run_sweep
+    from .sweep import SweepOptions
+    from .sweep.summary import done_line
 
     opts = SweepOptions(grid=list(grid), sampler=sampler, trials=trials, metric=metric, pruner=pruner,
                         pruner_startup=pruner_startup, storage=storage, study=study, seed=seed, nproc=nproc,
                         final=final, heartbeat=heartbeat, grace=grace)
-    doc = run_sweep(recipe, opts, sets, out, Reporter(quiet=_state["quiet"]))
-    best, fin = doc["best"], doc["final"]
-    line = (f"best: trial {best['number']} ({', '.join(f'{k}={v}' for k, v in best['params'].items())}) "
-            f"{doc['metric']} {best['value']:.4g}" if best else "best: no completed trial")
-    if fin and fin.get("test_top1") is not None:
-        line += f"; final (train+val) test top-1 {fin['test_top1']:.2f}"
-    counts = ", ".join(f"{v} {k.lower()}" for k, v in doc["counts"].items())
-    typer.echo(f"done: {counts}; {line} -> {doc['sweep_dir']}")
-
-
-def _launch_train(nproc: int, cfg, recipe: Path | None, sets: list[str], out: Path | None, resume: Path | None,
-                  overwrite: bool) -> int:
-    """`edgevp train --nproc N`: the same command on N torchrun processes; returns rank 0's exit code."""
-    from . import distributed
-    from .runs import RunDir
-
-    if nproc < 1:
-        _fail(f"--nproc must be >= 1, got {nproc}", 2)
-    if distributed.active():
-        _fail("--nproc starts torchrun itself; under torchrun, leave it out", 2)
-    cfg = cfg if cfg is not None else RunDir(resume).config()
-    distributed.check_batch(cfg.data.batch_size, nproc)  # the check every rank makes, before any process starts
-    args = ["-v"] * _state["verbose"] + ["-q"] * _state["quiet"] + ["train"]
-    args += [str(recipe)] if recipe is not None else ["--resume", str(resume)]
-    for item in sets:
-        args += ["-s", item]
-    args += ["-o", str(out)] if out is not None else []
-    args += ["--overwrite"] if overwrite else []
-    return distributed.launch(nproc, args)
-
-
-def _fraction(text: str | None, name: str) -> float | None:
-    if text is None:
-        return None
-    try:
-        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        _fail(f"{name} takes a number or a percentage like 5%, got '{text}'", 2)
-
-
-def _int_list(text: str, name: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        _fail(f"{name} takes comma-separated integers, got '{text}'", 2)
+    typer.echo(done_line(sweep_run(recipe, opts, sets, out, Reporter(quiet=_state["quiet"]))))
 
 
 @app.command(epilog="Examples: `edgevp condense runs/vpt --keep 0.3` · `edgevp condense runs/vpt --max-overhead 5%` · "
@@ -280,33 +227,31 @@ def condense(
     seed: Annotated[int, typer.Option(help="seed of the random ranking / random rewind")] = 0,
 ) -> None:
     """Make trained prompts cheaper: keep the most important ones, remove the rest, fine-tune what is left."""
-    from .condense.e2vpt_prune import E2VPTPruneOptions, condense_e2vpt
-    from .condense.pc import PCOptions, condense_pc
+    from .condense.api import METHODS, condense as condense_run, parse_fraction, parse_int_list, summary_line
     from .console import Reporter
 
-    if method not in ("pc", "e2vpt"):
-        _fail(f"unknown condense method '{method}'; choose pc or e2vpt", 2)
+    if method not in METHODS:
+        raise ConfigError(f"unknown condense method '{method}'; choose pc or e2vpt")
     common = dict(score=score, score_batches=score_batches, finetune_epochs=finetune_epochs, lr=lr, seed=seed)
     if method == "pc":
-        opts = PCOptions(keep=_fraction(keep, "--keep"), keep_count=keep_count,
-                         max_overhead=_fraction(max_overhead, "--max-overhead"), ranking=ranking, **common)
+        from .condense.pc import PCOptions
+
+        opts = PCOptions(keep=parse_fraction(keep, "--keep"), keep_count=keep_count,
+                         max_overhead=parse_fraction(max_overhead, "--max-overhead"), ranking=ranking, **common)
     else:
-        opts = E2VPTPruneOptions(token_budgets=_int_list(token_budgets, "--token-budgets"),
-                                 segment_budgets=_int_list(segment_budgets, "--segment-budgets"), grid=grid,
+        from .condense.e2vpt_prune import E2VPTPruneOptions
+
+        opts = E2VPTPruneOptions(token_budgets=parse_int_list(token_budgets, "--token-budgets"),
+                                 segment_budgets=parse_int_list(segment_budgets, "--segment-budgets"), grid=grid,
                                  rewind=rewind, **common)
-    out = out or run.parent / f"{run.name}-{method}"
-    rep = Reporter(quiet=_state["quiet"])
-    report = condense_pc(run, out, opts, rep) if method == "pc" else condense_e2vpt(run, out, opts, rep)
+    from .condense.api import default_out
+
+    out = out or default_out(run, method)
+    report = condense_run(run, out, opts, Reporter(quiet=_state["quiet"]))
     from . import distributed
 
-    if not distributed.is_main():
-        return  # one "done" line, from rank 0
-    after = report["top1_after_finetune"]
-    test = "n/a" if after["test"] is None else f"{after['test']:.2f}"
-    typer.echo(f"done: kept {report['kept']}/{report['total']} prompts, MACs {report['macs']['before'] / 1e9:.3f}G -> "
-               f"{report['macs']['after'] / 1e9:.3f}G (bare {report['macs']['bare'] / 1e9:.3f}G), test top-1 "
-               f"{report['top1_before']['test'] if report['top1_before']['test'] is not None else float('nan'):.2f}"
-               f" -> {test} -> {out}")
+    if distributed.is_main():  # one "done" line, from rank 0
+        typer.echo(summary_line(report, out))
 
 
 @app.command(epilog="Examples: `edgevp profile runs/x/export/model.onnx --against bare.onnx` · "
@@ -335,14 +280,12 @@ def profile(
     """Latency (p50/p90/p99, throughput), MACs, parameters and size, as ratios to the first variant."""
     import json as _json
 
-    from .profile.run import profile_targets
+    from .api import profile as profile_run
+    from .profile.options import ProfileOptions
 
-    if warmup < 0 or iters < 1 or rounds < 1 or any(b < 1 for b in batch):
-        _fail("--warmup >= 0, --iters >= 1, --rounds >= 1 and --batch >= 1 are required", 2)
-    if compile and backend != "torch":
-        _fail("--compile applies to --backend torch (a run directory in PyTorch)", 2)
-    result, files = profile_targets(target, list(against), "torch-compile" if compile else backend, device, batch,
-                                    warmup, iters, rounds, threads, out, task)
+    opts = ProfileOptions(against=list(against), backend=backend, device=device, compile=compile, batch=list(batch),
+                          warmup=warmup, iters=iters, rounds=rounds, threads=threads, out=out, task=task)
+    result, files = profile_run(target, opts)
     if json_out:
         typer.echo(_json.dumps(result, default=str))
         return
@@ -367,10 +310,10 @@ def report(
     Exit codes: 2 an output directory that cannot be written (no permission, a full disk: no report file is left
     half-written) · 6 not a run, pack or sweep directory, an unreadable profile.json.
     """
-    from .report import report_inputs, table, write_report
+    from .api import ReportOptions, report as report_run
+    from .report import table
 
-    # shell globs over a demo directory also match its summary files: keep the run (and pack) directories
-    md, rows = write_report(report_inputs(runs), out, profile)
+    md, rows = report_run(runs, ReportOptions(out=out, profile=list(profile)))
     if rows:
         typer.echo(table(rows))
     typer.echo(f"report: {md}")
@@ -410,7 +353,7 @@ def list_(
         for code, text in EXIT_CODES.items():
             typer.echo(f"{code:4d}  {text}")
     else:
-        _fail(f"cannot list '{what}'; choose methods, targets, models, datasets or exit-codes", 2)
+        raise ConfigError(f"cannot list '{what}'; choose methods, targets, models, datasets or exit-codes")
 
 
 @app.command(epilog="Example: `edgevp demo -s data.limit_train=600 -s train.epochs=3` (a shorter demo)")
@@ -426,10 +369,10 @@ def demo(
 ) -> None:
     """The main job: train the linear probe, LoR-VP and VPT-deep on Fashion-MNIST (offline DINOv2), condense
     VPT-deep, export every run (prompts folded, parity-gated), profile the deployed forms and write one report."""
-    from .demo import run_demo
+    from .api import DemoOptions, demo as demo_run
 
-    run_demo(out, [m.strip() for m in methods.split(",") if m.strip()], sets, quiet=_state["quiet"], condense=condense,
-             pack=pack)
+    demo_run(DemoOptions(out=out, methods=[m.strip() for m in methods.split(",") if m.strip()], condense=condense,
+                         pack=pack), sets, quiet=_state["quiet"])
 
 
 PLATFORM_HELP = ("the TensorRT platforms the artifact must import on: all (every supported one) | jp5.1 (TensorRT 8.5) | "
@@ -492,21 +435,16 @@ def export_(
     Exit codes: 3 the artifact failed its parity/accuracy gate (kept with a `.failed` suffix) · 4 TensorRT or a
     GPU is missing (the device bundle is written) · 2 bad option or unwritable output · 6 incomplete run directory.
     """
-    from .export.pipeline import ExportOptions, export_run
+    from .api import export as export_run, export_line
+    from .export.pipeline import ExportOptions
 
-    sidecar = export_run(run, ExportOptions(
-        target=target, platform=platform, opset=opset, out=out, dynamic_batch=dynamic_batch, include_preprocess=include_preprocess,
-        exporter=exporter, simplify=simplify, checkpoint=checkpoint, atol=atol, max_drop=max_drop,
-        min_agreement=min_agreement, gate_confidence=gate_confidence,
-        int8_mode=int8_mode, calib_method=calib_method, int8_ops=int8_ops, gate_images=gate_images,
-        trt_dynamic_batch=trt_dynamic_batch, trt_max_batch=trt_max_batch, with_references=with_references,
-        test_images=test_images))
-    p, acc, fold = sidecar["parity"], sidecar.get("accuracy_vs_fp32"), sidecar["fold"]
-    extra = (f", top-1 {acc['top1']:.2f} vs fp32 {acc['top1_fp32']:.2f}, agreement {acc['top1_agreement']:.3f} on "
-             f"{acc['images']} images" if acc else "")
-    typer.echo(f"done: {target} ({fold['kind']} fold), parity max "
-               f"abs {p['max_abs']:.2e}, top-1 agreement {p['top1_agreement']:.3f}{extra} -> "
-               f"{', '.join(sidecar['files'])} in {out or run / 'export'}")
+    opts = ExportOptions(
+        target=target, platform=platform, opset=opset, out=out, dynamic_batch=dynamic_batch,
+        include_preprocess=include_preprocess, exporter=exporter, simplify=simplify, checkpoint=checkpoint, atol=atol,
+        max_drop=max_drop, min_agreement=min_agreement, gate_confidence=gate_confidence, int8_mode=int8_mode,
+        calib_method=calib_method, int8_ops=int8_ops, gate_images=gate_images, trt_dynamic_batch=trt_dynamic_batch,
+        trt_max_batch=trt_max_batch, with_references=with_references, test_images=test_images)
+    typer.echo(export_line(export_run(run, opts), run, opts))
 
 
 @app.command(epilog="Examples: `edgevp pack runs/a runs/b -o runs/pack` · `edgevp pack runs/a runs/b -o runs/pack "
@@ -547,23 +485,19 @@ def pack(
     Exit codes: 2 no runs, a run twice, runs on different backbones/inputs, a method with no task form ·
     3 the pack differs from a run's own export (kept as `.failed`) · 6 not a run directory.
     """
+    from .api import pack_lines
     from .multitask.pipeline import PackOptions, pack as pack_runs
 
     if out is None:
-        _fail("give the pack's output directory: --out DIR", 2)
+        raise ConfigError("give the pack's output directory: --out DIR")
 
     opts = PackOptions(target=target, tables_as_inputs=tables_as_inputs, include_preprocess=include_preprocess,
                        platform=platform, opset=opset, checkpoint=checkpoint, gate_images=gate_images, atol=atol, max_drop=max_drop,
                        min_agreement=min_agreement, gate_confidence=gate_confidence,
                        trt_max_batch=trt_max_batch, max_tasks=max_tasks, kv_capacity=kv_capacity,
                        update_tables=update_tables)
-    side = pack_runs(runs or [], out, opts)
-    worst = max(r["max_abs"] for r in side["parity"]["per_task"])
-    typer.echo(f"done: {len(side['tasks'])} tasks in one {target} graph, max abs vs own exports {worst:.2e}, mixed "
-               f"batch {side['parity']['mixed_batch']['max_abs']:.2e} -> {', '.join(side['files'])} in {out}")
-    for r in side["parity"]["per_task"]:
-        typer.echo(f"  task {r['task']} {r['run']}: val top-1 {r['top1_pack']:.2f} (own export "
-                   f"{r['top1_own_export']:.2f}) on {r['images']} images")
+    for line in pack_lines(pack_runs(runs or [], out, opts), out, opts):
+        typer.echo(line)
 
 
 _FOREIGN = "a model without edgevp metadata (a foreign ONNX): "
@@ -614,11 +548,13 @@ def eval_(
     """
     import json as _json
 
-    from .device.commands import run_eval
+    from .api import evaluate
     from .device.evaluate import summary_line
+    from .device.options import EvalOptions
 
-    doc, where = run_eval(artifact, data, task, out, batch, limit, strict, size, mean, std, labels,
-                          warn=lambda m: typer.echo(m, err=True))
+    opts = EvalOptions(data=data, task=task, out=out, batch=batch, limit=limit, strict=strict, size=size, mean=mean,
+                       std=std, labels=labels)
+    doc, where = evaluate(artifact, opts, warn=lambda m: typer.echo(m, err=True))
     typer.echo(_json.dumps(doc, indent=1) if json_out else summary_line(doc, where))
 
 
@@ -652,13 +588,15 @@ def predict(
     images, an undecodable image with --strict · 6 artifact missing or unreadable, an engine built for another
     TensorRT / GPU.
     """
+    from .api import predict as predict_run
     from .device import predict as P
-    from .device.commands import run_predict
+    from .device.options import PredictOptions
 
     if json_out and csv_out:
-        _fail("--json and --csv exclude each other", 2)
-    res = run_predict(artifact, list(images), task, top_k, batch, strict, size, mean, std, labels,
-                      warn=lambda m: typer.echo(m, err=True))
+        raise ConfigError("--json and --csv exclude each other")
+    opts = PredictOptions(task=task, top_k=top_k, batch=batch, strict=strict, size=size, mean=mean, std=std,
+                          labels=labels)
+    res = predict_run(artifact, list(images), opts, warn=lambda m: typer.echo(m, err=True))
     if json_out:
         typer.echo(P.as_json(res))
     elif csv_out:
@@ -688,10 +626,9 @@ def check(
     """
     import json
 
-    from .conformance.bundle import check_bundle
-    from .errors import VerificationError
+    from .api import CheckOptions, check as check_run
 
-    report = check_bundle(bundle, trt_version)
+    report = check_run(bundle, CheckOptions(trt_version=trt_version))
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=1))
     else:
