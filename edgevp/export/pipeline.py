@@ -246,8 +246,8 @@ def export_run(run_path: str | Path, opts: ExportOptions) -> dict:
     run.manifest()
     cfg, model, header = load_run(run.path, opts.checkpoint)
     out = Path(opts.out) if opts.out is not None else run.path / "export"
+    deploy = to_deploy(model, include_preprocess=opts.include_preprocess)  # no deploy form: refused, nothing made
     writable_dir(out)
-    deploy = to_deploy(model, include_preprocess=opts.include_preprocess)
     with writer_lock(out, staging=".export-"):  # one export into a directory at a time (a second one exits 8)
         sidecar, sidecar_name, status = _build_and_install(run, cfg, model, deploy, header, opts, out, target)
     try:
