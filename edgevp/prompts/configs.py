@@ -12,6 +12,14 @@ from typing import ClassVar, Literal
 from ..config import PromptConfig, check
 
 
+# Swin switches of the token methods (docs/fidelity.md, S1 and S4); refused on other backbones when the method is built
+SWIN_POOL_HELP = ("Swin only. image: the final norm and average pool see the image tokens only (deep prompts fold at "
+                  "export); reference: they also see the last block's prompt tokens, as the reference "
+                  "implementations do (no deploy form: export refuses such a run)")
+SWIN_INIT_HELP = ("Swin only. stage: each stage's prompts are drawn with the init bound of that stage's width; "
+                  "reference: every stage with the stage-0 bound, as the reference implementations do")
+
+
 @dataclass
 class LinearConfig(PromptConfig):
     """Trains only a new classifier on the frozen backbone's pooled features (the baseline)."""
@@ -30,6 +38,8 @@ class VPTConfig(PromptConfig):
     project: int = field(default=-1, metadata={"help": "if > 0, prompts live in this dim and a Linear maps them up"})
     tokens_per_layer: list[int] | None = field(
         default=None, metadata={"help": "per-layer prompt counts (deep; written by condensation)"})
+    swin_pool: Literal["image", "reference"] = field(default="image", metadata={"help": SWIN_POOL_HELP})
+    swin_init_bound: Literal["stage", "reference"] = field(default="stage", metadata={"help": SWIN_INIT_HELP})
 
     def __post_init__(self):
         check(self.num_tokens >= 0, "num_tokens must be >= 0")
@@ -59,6 +69,8 @@ class E2VPTConfig(PromptConfig):
     tokens_per_layer: list[int] | None = field(
         default=None, metadata={"help": "per-layer visual prompt counts (written by Prompt Condensation; the masks "
                                         "are then baked into the prompts)"})
+    swin_pool: Literal["image", "reference"] = field(default="image", metadata={"help": SWIN_POOL_HELP})
+    swin_init_bound: Literal["stage", "reference"] = field(default="stage", metadata={"help": SWIN_INIT_HELP})
 
     def __post_init__(self):
         check(self.num_tokens >= 0 and self.num_kv >= 0, "num_tokens and num_kv must be >= 0")

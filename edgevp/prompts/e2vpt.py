@@ -24,7 +24,7 @@ from ..errors import ConfigError, IncompatibleError
 from ..registry import register_method
 from .attention import attention_with_kv_prefix, missing_attention_part
 from .configs import E2VPTConfig
-from .vpt import TokenPrompts, vpt_init_bound
+from .vpt import TokenPrompts, block_init_bounds, check_swin_switches
 
 
 class KVPromptAttention(nn.Module):
@@ -60,6 +60,7 @@ class E2VPT(TokenPrompts):
             raise ConfigError(f"prompt.segments={config.segments} must divide the embedding dim"
                               f"{'s ' + str(sorted(set(dims))) if info.is_swin else ' ' + str(d)}")
         self.dropout = config.dropout
+        self.pool_prompts = check_swin_switches(config, info)
         n = config.num_tokens if config.token_keep is None else sum(config.token_keep)
         self.counts = [n] * depth
         self.baked = config.tokens_per_layer is not None  # condensed per layer: masks live in the prompts
@@ -67,14 +68,9 @@ class E2VPT(TokenPrompts):
             if len(config.tokens_per_layer) != depth or min(config.tokens_per_layer) < 0:
                 raise ConfigError(f"prompt.tokens_per_layer needs {depth} non-negative counts")
             self.counts, n = list(config.tokens_per_layer), 0
-        if info.is_swin:
-            self.prompts = nn.ParameterList([nn.Parameter(torch.empty(c, dim).uniform_(-bound, bound)) for c, dim, bound
-                                             in ((c, dims[i], vpt_init_bound(info, dims[i]))
-                                                 for i, c in enumerate(self.counts))])
-        else:
-            bound = vpt_init_bound(info)
-            self.prompts = nn.ParameterList([nn.Parameter(torch.empty(c, d).uniform_(-bound, bound))
-                                             for c in self.counts])
+        bounds = block_init_bounds(info, dims, config.swin_init_bound)  # Swin: per stage, or stage 0's (reference)
+        self.prompts = nn.ParameterList([nn.Parameter(torch.empty(c, dims[i]).uniform_(-bounds[i], bounds[i]))
+                                         for i, c in enumerate(self.counts)])
         self.token_mask = nn.Parameter(torch.ones(n), requires_grad=config.train_masks and not self.baked)
         self.segment_mask = nn.Parameter(torch.ones(n, config.segments),
                                          requires_grad=config.train_masks and not self.baked)

@@ -12,7 +12,9 @@ sequence. The prompted forward, per block with prompt rows P (B, n, C) and key/v
 - patch merging (shallow prompts): a prompt vector is repeated 4 times along channels (the 2×2 concatenation a merge
   does to a patch neighbourhood), then the merge's norm and reduction give the next stage's prompt;
 - deep prompts: block l inserts its own set (dim of its stage), replacing what the previous block produced; the prompt
-  rows are not merged (they would be replaced); the final norm and pooling never see prompts.
+  rows are not merged (they would be replaced); the final norm and pooling never see prompts, unless the method
+  pools them as the reference implementations do (`prompt.swin_pool: reference`, the owner's `pool_prompts`): then
+  the last block's prompt rows go through the final norm and the average pool runs over the image tokens and them.
 The feature map and the prompt rows travel between wrapped modules as a tuple (x, rows); the stage's own forward
 (downsample, then its blocks) passes it along unchanged.
 
@@ -197,7 +199,7 @@ class SwinPromptBlock(nn.Module):
         rows = self.owner.swin_rows(self.layer, x, rows)
         kv = getattr(self.owner, "kv_prompt", None)
         pk, pv = kv(self.layer, x.shape[0]) if kv is not None else (None, None)
-        keep = not self.owner.deep and self.layer < self.owner.info.depth - 1  # shallow rows go on to the next block
+        keep = keeps_rows(self.owner, self.layer)
         return swin_block(self.block, x, rows, pk, pv, keep)
 
 
@@ -219,15 +221,29 @@ class SwinPromptMerge(nn.Module):
         return self.merge(x), rows
 
 
+def keeps_rows(owner: nn.Module, layer: int) -> bool:
+    """Whether block `layer`'s prompt outputs are used after it: shallow rows go on to the next block, and the last
+    block's rows go to the final norm and pool when the owner pools prompts (`pool_prompts`, the references' way)."""
+    if layer == owner.info.depth - 1:
+        return bool(getattr(owner, "pool_prompts", False))
+    return not owner.deep
+
+
 class SwinPromptExit(nn.Module):
-    """Wraps the final norm: the prompt rows are dropped, so pooling and the head see only the feature map."""
+    """Wraps the final norm. By default the prompt rows are dropped, so pooling and the head see only the feature map.
+    With prompt rows (the owner pools prompts), the normed feature map (B, H, W, C) and the normed rows (B, n, C) go
+    on as one (B, 1, H·W + n, C) map: the head's average pool over it is the mean over image and prompt tokens."""
 
     def __init__(self, norm: nn.Module):
         super().__init__()
         self.norm = norm
 
     def forward(self, inp):
-        return self.norm(_unpack(inp)[0])
+        x, rows = _unpack(inp)
+        x = self.norm(x)
+        if rows is None:
+            return x
+        return torch.cat([x.flatten(1, 2), self.norm(rows)], dim=1).unsqueeze(1)
 
 
 def attach_swin(method, backbone: nn.Module) -> None:
@@ -244,11 +260,15 @@ def attach_swin(method, backbone: nn.Module) -> None:
     method._swap(backbone, "norm", SwinPromptExit(backbone.norm))
 
 
-def swin_prompt_flow(info, deep: bool, counts: list[int]) -> tuple[list[int], list[int]]:
-    """For the cost model: (per block, the prompt rows whose outputs go on to the next block, i.e. get projected and
+def swin_prompt_flow(info, deep: bool, counts: list[int], pooled: bool = False) -> tuple[list[int], list[int]]:
+    """For the cost model: (per block, the prompt rows whose outputs are used after it, i.e. get projected and
     through the MLP; per stage, the prompt rows its patch merging carries). Both 0 for deep prompts (replaced at
-    every block) and after the last block."""
-    if deep or not counts:
-        return [0] * info.depth, [0] * len(info.swin_stages)
+    every block) and after the last block, unless `pooled`: then the last block's rows go on to the final pool."""
+    stages = len(info.swin_stages)
+    if not counts:
+        return [0] * info.depth, [0] * stages
+    last = (counts[-1] if deep else counts[0]) if pooled else 0
+    if deep:
+        return [0] * (info.depth - 1) + [last], [0] * stages
     n = counts[0]
-    return [n] * (info.depth - 1) + [0], [n if s["downsample"] else 0 for s in info.swin_stages]
+    return [n] * (info.depth - 1) + [last], [n if s["downsample"] else 0 for s in info.swin_stages]

@@ -53,6 +53,7 @@ class TokenPrompts(PromptMethod):
 
     deep = True
     dropout = 0.0  # prompt dropout on the inserted tokens, an independent mask per sample
+    pool_prompts = False  # Swin: the final norm and pool also see the last block's prompt rows (prompt.swin_pool)
     gates: list[torch.Tensor] | None = None  # per-group (n_g,) multipliers on the inserted tokens (scoring)
 
     def layer_counts(self) -> list[int]:
@@ -120,7 +121,7 @@ class TokenPrompts(PromptMethod):
         per_block = counts if self.deep else counts[:1] * self.info.depth
         extra = [(n, n + self._kv_count(i)) for i, n in enumerate(per_block)]
         if self.info.is_swin:  # Swin: which prompt rows go on after each block and through each patch merging
-            kept, merged = swin_prompt_flow(self.info, self.deep, counts)
+            kept, merged = swin_prompt_flow(self.info, self.deep, counts, self.pool_prompts)
             return PromptTokens(extra, kept=kept, merged=merged)
         return extra
 
@@ -136,6 +137,10 @@ class TokenPrompts(PromptMethod):
         Shallow: the tokens evolve with the image after block 0, so only the inserted tokens are constants."""
         if self.gates is not None:
             raise ConfigError("prompt gates are set (a scoring pass is in progress); cannot fold")
+        if self.pool_prompts:
+            raise ConfigError("this Swin run pools its prompt tokens (prompt.swin_pool=reference), so its last prompts "
+                              "depend on the image and have no deploy form",
+                              "retrain with the default prompt.swin_pool=image to export or pack it")
         if not self.deep:
             if self.info.is_swin:
                 raise ConfigError("VPT-shallow on a Swin backbone has no deploy form (its prompts evolve with the image "
@@ -188,6 +193,25 @@ def vpt_init_bound(info: BackboneInfo, dim: int | None = None) -> float:
     return math.sqrt(6.0 / (3 * ph * pw + (dim or info.embed_dim)))
 
 
+def block_init_bounds(info: BackboneInfo, dims: list[int], swin_init_bound: str = "stage") -> list[float]:
+    """The init bound of each block's prompts of dim `dims[l]`: `vpt_init_bound` of that dim, or on Swin with
+    `swin_init_bound="reference"` the bound of the first block's dim (stage 0) for every block, as the references."""
+    if swin_init_bound == "reference" and dims:
+        return [vpt_init_bound(info, dims[0])] * len(dims)
+    return [vpt_init_bound(info, d) for d in dims]
+
+
+def check_swin_switches(config, info: BackboneInfo) -> bool:
+    """Refuse the Swin-only switches (`swin_pool`, `swin_init_bound`) away from their defaults on another backbone,
+    where they mean nothing; returns whether the final pool sees the prompts (`swin_pool: reference`)."""
+    changed = [f"prompt.{k}={getattr(config, k)}" for k, default in (("swin_pool", "image"),
+                                                                     ("swin_init_bound", "stage"))
+               if getattr(config, k) != default]
+    if changed and not info.is_swin:
+        raise ConfigError(f"{' and '.join(changed)} applies to Swin backbones only", "remove it for this backbone")
+    return config.swin_pool == "reference"
+
+
 @register_method("vpt")
 class VPT(TokenPrompts):
     """VPT-shallow / VPT-deep with the reference init bound, prompt dropout and optional projection."""
@@ -198,6 +222,7 @@ class VPT(TokenPrompts):
         super().__init__(config, info)
         self.deep = config.deep
         self.dropout = config.dropout
+        self.pool_prompts = check_swin_switches(config, info)
         counts = config.tokens_per_layer
         if counts is None:
             counts = [config.num_tokens] * (info.depth if config.deep else 1)
@@ -208,9 +233,10 @@ class VPT(TokenPrompts):
             raise ConfigError("prompt.project is not supported on a Swin backbone (its stages have different dims)",
                               "set prompt.project=-1")
         dims = [config.project if config.project > 0 else d for d in info.block_dims or [info.embed_dim] * info.depth]
+        bounds = block_init_bounds(info, dims, config.swin_init_bound)
         # one tensor per block (deep) in the block's dim; shallow: one tensor in the first block's dim
-        self.prompts = nn.ParameterList([nn.Parameter(torch.empty(n, dim).uniform_(-bound, bound)) for n, dim, bound in
-                                         ((n, dims[i], vpt_init_bound(info, dims[i])) for i, n in enumerate(self.counts))])
+        self.prompts = nn.ParameterList([nn.Parameter(torch.empty(n, dims[i]).uniform_(-bounds[i], bounds[i]))
+                                         for i, n in enumerate(self.counts)])
         self.proj = None
         if config.project > 0:  # the reference: kaiming-normal (fan_out) weight, the Linear's default bias init
             self.proj = nn.Linear(config.project, info.embed_dim)
