@@ -448,11 +448,13 @@ def export_(
 
 
 @app.command(epilog="Examples: `edgevp pack runs/a runs/b -o runs/pack` · `edgevp pack runs/a runs/b -o runs/pack "
-                    "--tables-as-inputs` · `edgevp pack runs/a runs/b -o runs/pack --target trt-fp16`")
+                    "--tables-as-inputs --max-tasks 64 --kv-capacity 10` · `edgevp pack --add runs/c runs/pack` · "
+                    "`edgevp pack --remove 1 runs/pack` · `edgevp pack runs/a runs/b -o runs/pack --target trt-fp16`")
 @handle_errors
 def pack(
     runs: Annotated[Optional[list[Path]], typer.Argument(
-        help="trained (or condensed) run directories on the same backbone")] = None,
+        help="trained (or condensed) run directories on the same backbone; with --add: RUN... PACK, with --remove: "
+             "TASK... PACK (task ids or run names)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output directory of the pack (required)")] = None,
     target: Annotated[str, typer.Option(help="onnx | ort-fp16 | trt-fp32 | trt-fp16 (a device bundle)")] = "onnx",
     tables_as_inputs: Annotated[bool, typer.Option(
@@ -471,23 +473,34 @@ def pack(
     min_agreement: Annotated[float, typer.Option(help="fp16, per task: " + MIN_AGREEMENT_HELP)] = 0.9,
     gate_confidence: Annotated[float, typer.Option(help=CONFIDENCE_HELP)] = 0.95,
     trt_max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the dynamic profile")] = 8,
-    max_tasks: Annotated[int, typer.Option(help="TensorRT with --tables-as-inputs: largest task count of the "
-                                                "engine's profile")] = 16,
+    max_tasks: Annotated[int, typer.Option(help="with --tables-as-inputs: task ids the pack reserves for --add "
+                                                "(retired ids count; TensorRT: the task axis of the profile)")] = 16,
     kv_capacity: Annotated[int, typer.Option(
         help="with --tables-as-inputs: key/value columns every block reserves, so prompt tasks (up to this many "
              "prompts per layer) can be added later")] = 0,
+    max_classes: Annotated[int, typer.Option(
+        help="with --tables-as-inputs: head columns reserved for tasks added later (0: the widest task's)")] = 0,
     update_tables: Annotated[bool, typer.Option(
         help="keep the graph already in --out (made with --tables-as-inputs) and write new tables for RUNS: add or "
              "update tasks without a rebuild")] = False,
+    add: Annotated[bool, typer.Option(help="add RUN... as new tasks of the pack PACK (the last argument, or --out) "
+                                           "made with --tables-as-inputs: same graph, each gated, new ids")] = False,
+    remove: Annotated[bool, typer.Option(help="remove tasks TASK... (ids or run names) from the pack PACK (the last "
+                                              "argument, or --out): their ids are retired, never reused")] = False,
 ) -> None:
     """One graph for many tasks: pack runs that share a backbone; every sample picks its task (`task` input).
 
-    Exit codes: 2 no runs, a run twice, runs on different backbones/inputs, a method with no task form ·
-    3 the pack differs from a run's own export (kept as `.failed`) · 6 not a run directory.
+    Exit codes: 2 no runs, a run twice, runs on different backbones/inputs, a method with no task form; --add: a
+    foreign run, a run already in the pack, beyond the pack's reserve (the line names the rebuild); --remove: an
+    unknown or retired task · 3 the pack differs from a run's own export (kept as `.failed`), or an edit would change
+    another task · 6 not a run directory, not a pack with tables as inputs · 8 another edgevp process writes the pack.
     """
     from .api import pack_lines
+    from .multitask.edit import edit_line
     from .multitask.pipeline import PackOptions, pack as pack_runs
 
+    if (add or remove) and out is None and len(runs or []) >= 2:  # `pack --add RUN... PACK`: the last is the pack
+        runs, out = runs[:-1], runs[-1]
     if out is None:
         raise ConfigError("give the pack's output directory: --out DIR")
 
@@ -495,8 +508,9 @@ def pack(
                        platform=platform, opset=opset, checkpoint=checkpoint, gate_images=gate_images, atol=atol, max_drop=max_drop,
                        min_agreement=min_agreement, gate_confidence=gate_confidence,
                        trt_max_batch=trt_max_batch, max_tasks=max_tasks, kv_capacity=kv_capacity,
-                       update_tables=update_tables)
-    for line in pack_lines(pack_runs(runs or [], out, opts), out, opts):
+                       max_classes=max_classes, update_tables=update_tables, add=add, remove=remove)
+    side = pack_runs(runs or [], out, opts)
+    for line in [edit_line(side, out)] if add or remove else pack_lines(side, out, opts):
         typer.echo(line)
 
 

@@ -11,6 +11,8 @@ from ..errors import ConfigError, IncompatibleError
 
 IMAGES, TASK = "images", "task"
 IDENTITY = "tables_sha256"  # in tasks.json and pack.json: binds tables.npz to its pack
+TABLES = "tables.npz"
+TABLES_FILE = "tables_file"  # in tasks.json while an add/remove commits: the (versioned) tables file it is bound to
 
 
 def is_pack(input_names: list[str]) -> bool:
@@ -37,7 +39,7 @@ def load_tables(model_path: str | Path, inputs: dict[str, list]) -> dict[str, np
     wanted = {k: v for k, v in inputs.items() if k not in (IMAGES, TASK)}
     if not wanted:
         return {}
-    path = Path(model_path).parent / "tables.npz"
+    path = tables_path(model_path)
     if not path.is_file():
         raise IncompatibleError(f"'{model_path}' takes its task tables as inputs, but '{path}' is missing",
                                 "copy the pack's tables.npz beside the model")
@@ -61,6 +63,33 @@ def load_tables(model_path: str | Path, inputs: dict[str, list]) -> dict[str, np
             raise IncompatibleError(f"table '{n}' in '{path}' points at rows beyond the {rows} of its key/value table")
     check_bound(path, list(wanted), tables)
     return {k: tables[k] if k.startswith("kv_row_") else tables[k].astype(np.float32) for k in wanted}
+
+
+def tables_path(model_path: str | Path) -> Path:
+    """The tables file of the pack beside `model_path`: the one its tasks.json names (`tables_file`: a versioned name
+    for the moment between an add/remove's commit and its clean-up), else `tables.npz`."""
+    folder = Path(model_path).parent
+    try:
+        doc = json.loads((folder / "tasks.json").read_text())
+    except (OSError, ValueError):
+        return folder / TABLES
+    name = doc.get(TABLES_FILE) if isinstance(doc, dict) else None
+    ok = isinstance(name, str) and name.startswith("tables") and name.endswith(".npz") and "/" not in name
+    return folder / name if ok else folder / TABLES
+
+
+def live_tasks(doc: dict) -> dict[int, dict]:
+    """Task id -> record of the tasks a pack serves (tasks.json's `tasks`; ids of removed tasks are `retired`)."""
+    tasks = doc.get("tasks") if isinstance(doc, dict) else None
+    if not isinstance(tasks, list):
+        return {}
+    return {int(t.get("id", i)): t for i, t in enumerate(tasks) if isinstance(t, dict)}
+
+
+def retired_ids(doc: dict) -> dict[int, dict]:
+    """Retired task id -> its record (`--remove`d tasks: their ids give NaN logits and are never reused)."""
+    retired = doc.get("retired") if isinstance(doc, dict) else None
+    return {int(r["id"]): r for r in retired if isinstance(r, dict) and "id" in r} if isinstance(retired, list) else {}
 
 
 def tables_identity(names: list[str], tasks: list, tables: dict[str, np.ndarray]) -> str:

@@ -21,10 +21,11 @@ from typing import Literal
 import numpy as np
 
 from ..config import check_options
-from ..errors import ConfigError, IncompatibleError, MissingError, VerificationError
+from ..errors import ConfigError, MissingError, VerificationError
 from ..optional import optional
 from ..io import sha256_file, write_json
-from .feeds import IDENTITY, IMAGES, TASK, tables_identity
+from .edit import existing_pack, table_inputs
+from .feeds import IDENTITY, tables_identity
 from .tables import PAD_LOGIT
 
 TARGETS = ("onnx", "ort-fp16", "trt-fp32", "trt-fp16")
@@ -49,14 +50,19 @@ class PackOptions:
     trt_max_batch: int = 8
     max_tasks: int = 16  # TensorRT with tables as inputs: the task axis of the profile goes up to this
     kv_capacity: int = 0  # tables as inputs: key/value columns every block reserves for tasks added later
+    max_classes: int = 0  # tables as inputs: head columns reserved for tasks added later (0: the widest task's)
     update_tables: bool = False  # keep `out`'s graph (tables as inputs) and write new tables for these runs
+    add: bool = False  # add the runs as new tasks of the pack in `out` (edit.add_tasks)
+    remove: bool = False  # the "runs" are task ids or run names to remove from the pack in `out` (edit.remove_tasks)
 
     def __post_init__(self):
         check_options(self)
-        if self.kv_capacity < 0:
-            raise ConfigError(f"kv_capacity must be >= 0, got {self.kv_capacity}")
+        if self.kv_capacity < 0 or self.max_classes < 0:
+            raise ConfigError(f"kv_capacity and max_classes must be >= 0, got {self.kv_capacity}, {self.max_classes}")
         if self.gate_images < 1 or self.trt_max_batch < 1 or self.max_tasks < 1:
             raise ConfigError("gate_images, trt_max_batch and max_tasks must be >= 1")
+        if self.add + self.remove + self.update_tables > 1:
+            raise ConfigError("--add, --remove and --update-tables are separate edits of a pack: give one")
         if self.atol < 0 or self.max_drop < 0:
             raise ConfigError("atol and max_drop must be >= 0")
         from ..export.pipeline import check_gate, platform_opset
@@ -114,17 +120,18 @@ def load_tasks(runs: list[Path], checkpoint: str) -> list[Task]:
     return tasks
 
 
+def task_facts(t: Task) -> dict[str, object]:
+    """What a task shares with every other task of its pack (JSON values: recorded in pack.json as `shared`)."""
+    info = t.model.info
+    return {"backbone": t.cfg.backbone.name, "input size": list(info.input_size),
+            "normalisation mean": list(info.mean), "normalisation std": list(info.std),
+            "resize policy": t.cfg.data.resize, "backbone weights (sha256 of the frozen tensors)": t.fingerprint}
+
+
 def _check_compatible(tasks: list[Task]) -> None:
     first = tasks[0]
-
-    def facts(t: Task) -> list[tuple[str, object]]:
-        info = t.model.info
-        return [("backbone", t.cfg.backbone.name), ("input size", tuple(info.input_size)),
-                ("normalisation mean", tuple(info.mean)), ("normalisation std", tuple(info.std)),
-                ("resize policy", t.cfg.data.resize), ("backbone weights (sha256 of the frozen tensors)", t.fingerprint)]
-
     for t in tasks[1:]:
-        for (what, want), (_, got) in zip(facts(first), facts(t)):
+        for (what, want), got in zip(task_facts(first).items(), task_facts(t).values()):
             if want != got:
                 raise ConfigError(f"runs '{first.run}' and '{t.run}' differ in {what}: {want} vs {got}",
                                   "a pack shares one backbone: pack runs trained on the same backbone and input")
@@ -161,8 +168,29 @@ def build_packed(tasks: list[Task], opts: PackOptions):
     work, backbone = shared
     tables, report = stack_tables(folds, backbone, work.std[0], reserve=opts.tables_as_inputs,
                                   kv_capacity=opts.kv_capacity)
+    if opts.tables_as_inputs:
+        _reserve_classes(tables, opts.max_classes)
     model = PackedModel(backbone, work.mean, work.std, opts.include_preprocess, tables, opts.tables_as_inputs)
     return model, tables, report
+
+
+def _reserve_classes(tables, max_classes: int) -> None:
+    """Widen the head tables to `max_classes` columns (zero weights, PAD_LOGIT biases), so wider tasks fit later."""
+    import torch
+
+    t, c, d = tables.head_weight.shape
+    if max_classes > c:
+        tables.head_weight = torch.cat([tables.head_weight, torch.zeros(t, max_classes - c, d)], dim=1)
+        tables.head_bias = torch.cat([tables.head_bias, torch.full((t, max_classes - c), PAD_LOGIT)], dim=1)
+
+
+def capacity_record(tasks: list[Task], opts: PackOptions) -> dict | None:
+    """The reserve of a pack with tables as inputs (pack.json `capacity`): the task ids it holds at most; its tables'
+    columns are the graph's input shapes."""
+    if not opts.tables_as_inputs:
+        return None
+    return {"max_tasks": max(opts.max_tasks, len(tasks)), "kv_capacity": opts.kv_capacity,
+            "max_classes": max([opts.max_classes] + [len(t.classes) for t in tasks])}
 
 
 def pack(runs: list[str | Path], out: str | Path, opts: PackOptions | None = None) -> dict:
@@ -182,15 +210,19 @@ def pack(runs: list[str | Path], out: str | Path, opts: PackOptions | None = Non
 
     opts = opts or PackOptions()
     out = Path(out)
+    if opts.add or opts.remove:
+        from .edit import add_tasks, remove_tasks
+
+        return add_tasks(runs, out, opts) if opts.add else remove_tasks([str(r) for r in runs], out)
     if opts.update_tables:
-        _existing_pack(out)  # checked before any run is loaded (and again under the lock)
+        existing_pack(out)  # checked before any run is loaded (and again under the lock)
     tasks = load_tasks([Path(r) for r in runs], opts.checkpoint)
     if not opts.update_tables and out.resolve() in {t.run.resolve() for t in tasks}:
         raise ConfigError(f"output '{out}' is one of the runs", "pack into a new directory")
     writable_dir(out)
     with writer_lock(out, staging=".pack-"):  # one pack into a directory at a time; a killed one's staging goes
         if opts.update_tables:
-            return update_tables(tasks, out, _existing_pack(out), opts)
+            return update_tables(tasks, out, existing_pack(out), opts)
         sidecar = _pack_into(tasks, out, opts)
     if sidecar["status"] == "failed":
         raise VerificationError(f"pack failed its gate: {sidecar.get('error')}",
@@ -226,7 +258,7 @@ def _pack_into(tasks: list[Task], out: Path, opts: PackOptions) -> dict:
             if "accuracy_vs_fp32" in gate:  # the fp16 graph replaced the fp32 one
                 files = [f.replace("model.onnx", "model.fp16.onnx") for f in files]
             task_list = _task_records(tasks, opts.checkpoint)
-            identity = _write_tasks(work, task_list, _table_inputs(onnx_meta), flat)
+            identity = _write_tasks(work, task_list, table_inputs(onnx_meta), flat)
             files.append("tasks.json")
             if opts.target.startswith("trt-"):
                 files = [write_trt_bundle(work, files, tasks, opts, gate)]
@@ -234,7 +266,8 @@ def _pack_into(tasks: list[Task], out: Path, opts: PackOptions) -> dict:
             status = gate["status"]
             sidecar = {"status": status, "kind": "pack", "target": opts.target, "created_at": now(),
                        "edgevp_version": __version__, "backbone_sha256": tasks[0].fingerprint, "tasks": task_list,
-                       IDENTITY: identity, "fold": fold, "onnx": onnx_meta,
+                       IDENTITY: identity, "fold": fold, "onnx": onnx_meta, "shared": task_facts(tasks[0]),
+                       "capacity": capacity_record(tasks, opts),
                        "options": {k: v for k, v in asdict(opts).items()}, **{k: v for k, v in gate.items()
                                                                               if k != "status"}}
             sidecar["files"] = [final_name(f, status == "failed") for f in files]
@@ -244,11 +277,6 @@ def _pack_into(tasks: list[Task], out: Path, opts: PackOptions) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return sidecar
-
-
-def _table_inputs(onnx_meta: dict) -> list[str]:
-    """The graph's table inputs (every input but the images and the task ids)."""
-    return [n for n in onnx_meta["inputs"] if n not in (IMAGES, TASK)]
 
 
 def _write_tasks(folder: Path, task_list: list[dict], names: list[str], flat: dict | None) -> str | None:
@@ -269,36 +297,28 @@ def _task_records(tasks: list[Task], checkpoint: str) -> list[dict]:
              "checkpoint_sha256": sha256_file(RunDir(t.run).checkpoint(checkpoint))} for i, t in enumerate(tasks)]
 
 
-def _existing_pack(out: Path) -> dict:
-    """The sidecar of the pack in `out` whose tables `--update-tables` replaces (an fp32 ONNX, tables as inputs)."""
-    from ..io import read_json
-
-    side = out / "pack.json"
-    if not side.is_file():
-        raise IncompatibleError(f"'{out}' holds no pack (no pack.json)", "pack the runs into it first")
-    meta = read_json(side)
-    if meta.get("status") != "ok" or not meta.get("options", {}).get("tables_as_inputs") or \
-            not (out / "model.onnx").is_file():
-        raise IncompatibleError(f"the pack in '{out}' does not take its tables as inputs (or is not an fp32 ONNX "
-                                "pack)", "only a pack made with --tables-as-inputs --target onnx can take new tables")
-    return meta
-
-
 def update_tables(tasks: list[Task], out: Path, existing: dict, opts: PackOptions) -> dict:
     """New `tables.npz` and `tasks.json` for the graph already in `out` (no new graph): the tasks' tables padded to
     the graph's capacity, gated against each run's own export like a new pack, written into a staging folder and
-    swapped in by rename (a full disk leaves the pack as it was)."""
+    swapped in with one commit (`edit.commit`: a full disk or a crash leaves the pack as it was). Task i is RUNS[i]:
+    a pack with retired ids (`--remove`) is refused, as this would give them to other tasks."""
     from ..io import disk_full_is_one_line
     from ..runs import now
+    from .edit import commit, read_pack
     from .gate import gate_pack
     from .tables import PackTables, fit_to_capacity
 
+    state = read_pack(out)
+    if state.doc.get("retired"):
+        ids = ", ".join(str(r["id"]) for r in state.doc["retired"])
+        raise ConfigError(f"the pack in '{out}' has retired task ids ({ids}); --update-tables would give them to "
+                          "other tasks",
+                          "add tasks with --add, or pack the runs into a new directory")
     if tasks[0].fingerprint != existing.get("backbone_sha256"):
         raise ConfigError(f"run '{tasks[0].run}' is on another backbone than the pack in '{out}'",
                           "a pack's tables serve the backbone it was built on")
     opts = PackOptions(**{**asdict(opts), "include_preprocess": existing["options"]["include_preprocess"]})
-    with np.load(out / "tables.npz") as npz:
-        capacity = {k: npz[k].shape[1:] for k in npz.files}
+    capacity = {k: v.shape[1:] for k, v in state.tables.items()}
     references = [own_export(t, opts) for t in tasks]
     _, tables, fold = build_packed(tasks, opts)
     flat = fit_to_capacity(tables.flat(), capacity)
@@ -307,18 +327,15 @@ def update_tables(tasks: list[Task], out: Path, existing: dict, opts: PackOption
         with disk_full_is_one_line(work, out):
             shutil.copy2(out / "model.onnx", work / "model.onnx")
             gate = gate_pack(work, tasks, references, PackTables.from_flat(flat), opts)
-            if gate["status"] != "ok":
-                raise VerificationError(f"the new tables fail the exactness gate: {gate['error']}",
-                                        f"'{out}' is unchanged")
-            task_list = _task_records(tasks, opts.checkpoint)
-            arrays = {k: v.numpy() for k, v in flat.items()}
-            np.savez(work / "tables.npz", **arrays)
-            identity = _write_tasks(work, task_list, _table_inputs(existing["onnx"]), arrays)
-            sidecar = {**existing, "tasks": task_list, IDENTITY: identity, "fold": fold, "tables_updated_at": now(),
-                       **gate}
-            write_json(work / "pack.json", sidecar)
-        for name in ("tables.npz", "tasks.json", "pack.json"):  # renames only: no space needed
-            os.replace(work / name, out / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if gate["status"] != "ok":
+        raise VerificationError(f"the new tables fail the exactness gate: {gate['error']}", f"'{out}' is unchanged")
+    task_list = _task_records(tasks, opts.checkpoint)
+    arrays = {k: v.numpy() for k, v in flat.items()}
+    identity = tables_identity(table_inputs(existing["onnx"]), task_list, arrays)
+    doc = {"tasks": task_list, "pad_logit": PAD_LOGIT, "out_of_range_task": "NaN logits for that sample",
+           IDENTITY: identity}
+    sidecar = {**existing, "tasks": task_list, IDENTITY: identity, "fold": fold, "tables_updated_at": now(), **gate}
+    commit(out, arrays, doc, sidecar)
     return sidecar
