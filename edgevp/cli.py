@@ -478,6 +478,9 @@ def pack(
     kv_capacity: Annotated[int, typer.Option(
         help="with --tables-as-inputs: key/value columns every block reserves, so prompt tasks (up to this many "
              "prompts per layer) can be added later")] = 0,
+    table_dtype: Annotated[str, typer.Option(
+        help="float32 | float16: store each task's prompts and head in fp16 (half the table bytes); each task is "
+             "then gated against its own export with the precision gate (--min-agreement, --max-drop)")] = "float32",
     max_classes: Annotated[int, typer.Option(
         help="with --tables-as-inputs: head columns reserved for tasks added later (0: the widest task's)")] = 0,
     update_tables: Annotated[bool, typer.Option(
@@ -508,6 +511,7 @@ def pack(
                        platform=platform, opset=opset, checkpoint=checkpoint, gate_images=gate_images, atol=atol, max_drop=max_drop,
                        min_agreement=min_agreement, gate_confidence=gate_confidence,
                        trt_max_batch=trt_max_batch, max_tasks=max_tasks, kv_capacity=kv_capacity,
+                       table_dtype=table_dtype,
                        max_classes=max_classes, update_tables=update_tables, add=add, remove=remove)
     side = pack_runs(runs or [], out, opts)
     for line in [edit_line(side, out)] if add or remove else pack_lines(side, out, opts):

@@ -16,9 +16,8 @@ from edgevp.export.fold import fix_img_size, to_deploy
 from edgevp.export.pipeline import ExportOptions, export_run
 from edgevp.multitask.model import PackedModel
 from edgevp.multitask.tables import PAD_LOGIT, fit_to_capacity, stack_tables, task_fold
-from edgevp.train import fit
 
-from .conftest import tiny_config, tiny_model
+from .conftest import tiny_model
 
 runner = CliRunner()
 
@@ -99,9 +98,22 @@ def test_fewer_classes_pad_with_a_large_negative_logit():
     assert torch.all(stacked.head_weight[0, 4:] == 0)
 
 
-def test_vpt_shallow_is_refused_with_the_reason():
-    with pytest.raises(Exception, match="keeps prompt tokens in the sequence"):
-        _packed([_randomise(tiny_model("vpt", {"num_tokens": 2, "deep": False}))])
+def test_vpt_shallow_token_slots_padded_for_another_task_have_exactly_zero_effect(digits_batch):
+    """A shallow task with fewer tokens than the table holds (or none: a deep task) computes what it computes alone."""
+    small = _randomise(tiny_model("vpt", {"num_tokens": 1, "deep": False}))
+    large = _randomise(tiny_model("vpt", {"num_tokens": 4, "deep": False}))
+    deep = _randomise(tiny_model("vpt", {"num_tokens": 2}))
+    together, tables, report = _packed([small, large, deep])
+    assert report["prompt_tokens"] == [1, 4, 0] and tables.tokens.shape[1] == 4
+    assert torch.isinf(tables.token_mask[0, 1:]).all() and torch.isinf(tables.token_mask[2]).all()
+    for t, model in enumerate((small, large, deep)):
+        alone, _, _ = _packed([model])
+        task = torch.full((len(digits_batch),), t)
+        with torch.no_grad():
+            a = alone(digits_batch, torch.zeros_like(task))
+            b = together(digits_batch, task)
+            torch.testing.assert_close(b, to_deploy(model)(digits_batch), rtol=0, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 def test_tables_that_do_not_fit_the_graph_are_refused():
@@ -117,16 +129,11 @@ def test_tables_that_do_not_fit_the_graph_are_refused():
 
 # -- the real command, on trained runs --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, run_cache):
     root = tmp_path_factory.mktemp("pack_runs")
-    out = {}
-    for name, method, prompt in (("vpt", "vpt", {"num_tokens": 2}), ("lorvp", "lorvp", None),
-                                 ("e2vpt", "e2vpt", {"num_tokens": 2, "num_kv": 2})):
-        fit(tiny_config(method, prompt, train={"epochs": 1}), out=root / name)
-        out[name] = root / name
+    out = {name: run_cache.get(cached, root / name) for name, cached in
+           (("vpt", "vpt2"), ("lorvp", "lorvp"), ("e2vpt", "e2vpt"), ("other_backbone", "linear_seed5"))}
     export_run(out["vpt"], ExportOptions(exporter="legacy"))  # e2vpt and lorvp: pack exports them itself
-    fit(tiny_config("linear", train={"epochs": 1, "seed": 5}), out=root / "other_backbone")
-    out["other_backbone"] = root / "other_backbone"
     return out
 
 

@@ -50,6 +50,7 @@ class PackOptions:
     trt_max_batch: int = 8
     max_tasks: int = 16  # TensorRT with tables as inputs: the task axis of the profile goes up to this
     kv_capacity: int = 0  # tables as inputs: key/value columns every block reserves for tasks added later
+    table_dtype: Literal["float32", "float16"] = "float32"  # per-task tables stored in fp16: gated per task (gate.py)
     max_classes: int = 0  # tables as inputs: head columns reserved for tasks added later (0: the widest task's)
     update_tables: bool = False  # keep `out`'s graph (tables as inputs) and write new tables for these runs
     add: bool = False  # add the runs as new tasks of the pack in `out` (edit.add_tasks)
@@ -170,6 +171,10 @@ def build_packed(tasks: list[Task], opts: PackOptions):
                                   kv_capacity=opts.kv_capacity)
     if opts.tables_as_inputs:
         _reserve_classes(tables, opts.max_classes)
+    if opts.table_dtype == "float16":
+        import torch
+
+        tables = tables.stored(torch.float16)
     model = PackedModel(backbone, work.mean, work.std, opts.include_preprocess, tables, opts.tables_as_inputs)
     return model, tables, report
 
