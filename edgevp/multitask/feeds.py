@@ -62,7 +62,9 @@ def load_tables(model_path: str | Path, inputs: dict[str, list]) -> dict[str, np
         if tables[n].size and (tables[n].min() < 0 or tables[n].max() >= rows):
             raise IncompatibleError(f"table '{n}' in '{path}' points at rows beyond the {rows} of its key/value table")
     check_bound(path, list(wanted), tables)
-    return {k: tables[k] if k.startswith("kv_row_") else tables[k].astype(np.float32) for k in wanted}
+    # row ids stay int64, fp16 tables (pack --table-dtype float16) are the graph's fp16 inputs
+    return {k: tables[k] if k.startswith("kv_row_") or tables[k].dtype == np.float16 else tables[k].astype(np.float32)
+            for k in wanted}
 
 
 def tables_path(model_path: str | Path) -> Path:
