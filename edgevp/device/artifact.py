@@ -132,40 +132,34 @@ def _open_onnx(p: Path, task: int | None) -> Artifact:
     max_batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
     info = {k: meta[k] for k in ("method", "backbone", "source_run", "source_checkpoint_sha256") if k in meta}
     if feeds.is_pack([i.name for i in inputs]):
-        tables = feeds.load_tables(p, {i.name: i.shape for i in inputs})
-        n = feeds.num_tasks(p, tables, meta)
-        if task is None:
-            raise ConfigError(f"'{p}' is a multi-task pack of {n} tasks: give --task N (0..{n - 1})")
-        feeds.task_ids(str(task), 1, n)  # ConfigError (exit 2) when out of range
-        tasks = _pack_tasks(p, meta)
-        classes = list(tasks[task]["classes"]) if task < len(tasks) else None
-        if classes is None:
-            raise IncompatibleError(f"'{p}' lists no classes for task {task}", "copy the pack's tasks.json beside it")
-        k = len(classes)
-
-        def run(x):
-            feed = {feeds.IMAGES: x, feeds.TASK: np.full(len(x), task, np.int64), **tables}
-            return sess.run(None, feed)[0][:, :k]
-
-        info.update(pack_task=tasks[task] if task < len(tasks) else None, tasks=n)
-        return Artifact(p, "pack", _precision_from_name(p.name), pre, classes, info, max_batch, task, run)
+        return _open_pack(p, sess, task, meta, pre, info, max_batch)
     name = inputs[0].name
     classes = _json(meta.get("class_names"))
     return Artifact(p, "onnx", _precision_from_name(p.name), pre, classes if isinstance(classes, list) else None,
                     info, max_batch, None, lambda x: sess.run(None, {name: x})[0])
 
 
-def _pack_tasks(p: Path, meta: dict) -> list[dict]:
-    side = p.parent / "tasks.json"
-    if side.is_file():
-        try:
-            tasks = json.loads(side.read_text()).get("tasks")
-            if isinstance(tasks, list) and all("classes" in t for t in tasks):
-                return tasks
-        except (ValueError, AttributeError):
-            pass
-    tasks = _json(meta.get("tasks"))
-    return tasks if isinstance(tasks, list) else []
+def _open_pack(p: Path, sess, task: int | None, meta: dict, pre, info: dict, max_batch) -> Artifact:
+    """One task of a pack, its tables bound once to the session (`pack_session.ResidentPack`)."""
+    from ..multitask import feeds
+    from .pack_session import ResidentPack
+
+    pack = ResidentPack(sess, p)
+    n = pack.num_tasks
+    if task is None:
+        raise ConfigError(f"'{p}' is a multi-task pack of {n} tasks: give --task N (0..{n - 1})")
+    feeds.task_ids(str(task), 1, n)  # ConfigError (exit 2) when out of range
+    if not pack.tasks:  # no tasks.json beside a pack with constant tables: the task list of the graph's metadata
+        listed = _json(meta.get("tasks"))
+        pack.tasks = {int(t.get("id", i)): t for i, t in enumerate(listed)} if isinstance(listed, list) else {}
+    classes = pack.classes(task)  # exit 2 for a retired id
+    k = len(classes)
+
+    def run(x):
+        return pack.run(x, np.full(len(x), task, np.int64))[:, :k]
+
+    info.update(pack_task=pack.tasks[task], tasks=n)
+    return Artifact(p, "pack", _precision_from_name(p.name), pre, classes, info, max_batch, task, run)
 
 
 def _json(text):
