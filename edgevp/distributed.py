@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 
-from .errors import ConfigError, EdgevpError
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, ConfigError, EdgevpError
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 600  # a collective waits this long for a silent peer (EDGEVP_DIST_TIMEOUT overrides)
@@ -263,6 +263,6 @@ def launch(nproc: int, edgevp_args: list[str]) -> int:
     except ChildFailedError as e:
         # rank 0's code; a rank ended by the launcher's SIGTERM (negative) is not the cause
         codes = [f.exitcode for r, f in sorted(e.failures.items(), key=lambda rf: (rf[0] != 0, rf[1].timestamp))]
-        return next((c for c in codes if c > 0), 1)
+        return next((c for c in codes if c > 0), EXIT_FAILURE)
     except SignalException:
-        return 130
+        return EXIT_INTERRUPTED
