@@ -120,7 +120,7 @@ def test_a_writer_removes_temporaries_a_killed_writer_left(tmp_path):
 @pytest.mark.parametrize("seed", range(4))
 def test_killed_pack_leaves_no_valid_looking_partial_pack_and_a_rerun_cleans_up(trained, tmp_path, seed):
     """kill -9 at a random point of `edgevp pack` (the run's own export included), then the same command again."""
-    from edgevp.multitask import feeds
+    from edgevp.runtime import feeds
 
     out = tmp_path / "pack"
     args = ["pack", str(trained), "-o", str(out), "--tables-as-inputs", "--gate-images", "8"]

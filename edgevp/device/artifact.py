@@ -115,7 +115,7 @@ def open_artifact(path: str | Path, task: int | None = None, size: tuple[int, in
 
 
 def _open_onnx(p: Path, task: int | None) -> Artifact:
-    from ..multitask import feeds
+    from ..runtime import feeds
 
     ort = require("onnxruntime", "running an ONNX artifact", "pip install onnxruntime (onnxruntime-gpu on a GPU)")
     so = ort.SessionOptions()
@@ -141,7 +141,7 @@ def _open_onnx(p: Path, task: int | None) -> Artifact:
 
 def _open_pack(p: Path, sess, task: int | None, meta: dict, pre, info: dict, max_batch) -> Artifact:
     """One task of a pack, its tables bound once to the session (`pack_session.ResidentPack`)."""
-    from ..multitask import feeds
+    from ..runtime import feeds
     from .pack_session import ResidentPack
 
     pack = ResidentPack(sess, p)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ConfigError, IncompatibleError
 from ..optional import require
-from ..multitask import feeds
+from ..runtime import feeds
 
 DEVICES = {"CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 

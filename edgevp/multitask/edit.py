@@ -29,8 +29,8 @@ import numpy as np
 
 from ..errors import ConfigError, IncompatibleError, VerificationError
 from ..io import read_json, write_json
-from .feeds import (IDENTITY, IMAGES, TABLES, TABLES_FILE, TASK, check_bound, live_tasks, retired_ids,
-                    tables_identity)
+from ..runtime.feeds import (IDENTITY, IMAGES, TABLES, TABLES_FILE, TASK, check_bound, live_tasks, retired_ids,
+                             tables_identity)
 
 TASK_AXIS_FILL = {"head_bias": np.nan}  # a retired id's head: NaN logits; every other task-axis table: zeros
 PROBES_PER_TASK = 2
@@ -76,7 +76,7 @@ def table_inputs(onnx_meta: dict) -> list[str]:
 
 def read_pack(out: Path) -> PackState:
     """The pack in `out` (exit 6 when it is not one with tables as inputs, or its tables are not bound to it)."""
-    from .feeds import tables_path
+    from ..runtime.feeds import tables_path
 
     sidecar = existing_pack(out)
     settle(out)  # finish a change a crash interrupted after its commit

@@ -24,8 +24,8 @@ from ..config import check_options
 from ..errors import ConfigError, MissingError, VerificationError
 from ..optional import optional
 from ..io import sha256_file, write_json
+from ..runtime.feeds import IDENTITY, tables_identity
 from .edit import existing_pack, table_inputs
-from .feeds import IDENTITY, tables_identity
 from .tables import PAD_LOGIT
 
 TARGETS = ("onnx", "ort-fp16", "trt-fp32", "trt-fp16")

@@ -62,7 +62,7 @@ def prepare_ort(path: str | Path, batch: int, device: str = "cpu", threads: int 
 
 def _pack_inputs(sess, path: str, batch: int, task: str) -> dict:
     """A multi-task pack's other inputs: task ids (`mixed` or one task) and its tables (`tables.npz`)."""
-    from ..multitask import feeds
+    from ..runtime import feeds
 
     names = [i.name for i in sess.get_inputs()]
     if not feeds.is_pack(names):

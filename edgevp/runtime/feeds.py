@@ -1,4 +1,5 @@
-"""Inputs of a multi-task pack on the device side (numpy only): task ids and the task tables of `tables.npz`."""
+"""Inputs of a multi-task pack (numpy only), read by the device and profile and written by `edgevp pack`: the wire
+names of its inputs, task ids, and the task tables of `tables.npz` bound to their pack."""
 from __future__ import annotations
 
 import hashlib
