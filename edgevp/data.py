@@ -15,61 +15,48 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import DataConfig
 from .errors import DataError
-from .images import check_class_links, fingerprint, is_hidden
+from .images import fingerprint
 from .io import sha256_file
+from .runtime import transform as rt
+from .runtime.decode import read_image
+from .runtime.scan import scan_folder
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot"]
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 @dataclass
 class ImageTransform:
-    """Resize (+ optional augmentation) of a float [0, 1] C×H×W tensor to 3×S×S."""
+    """Resize (+ optional augmentation) of a float [0, 1] C×H×W image to 3×H×W: edgevp.runtime.transform's
+    arithmetic (what the device runs), with training's random crop offset and flip drawn from `gen`."""
 
-    size: int
+    size: int | tuple[int, int]  # S or (H, W)
     interpolation: str = "bicubic"
     resize: str = "direct"
     crop_pct: float = 1.0
     augment: str = "none"
 
-    def __call__(self, img: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        if img.shape[0] == 1:
-            img = img.expand(3, -1, -1)
-        elif img.shape[0] == 4:
-            img = img[:3]
-        s = self.size
-        mode = self.interpolation if self.interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
-        train_crop = self.augment == "crop_flip" and gen is not None
-        if self.resize == "direct" and not train_crop:
-            out = self._interp(img, (s, s), mode)
-        else:  # shorter side to S / crop_pct, then a center (or random, when augmenting) S×S crop
-            scale = s / max(self.crop_pct, 1e-6) / min(img.shape[1:])
-            h, w = max(s, round(img.shape[1] * scale)), max(s, round(img.shape[2] * scale))
-            out = self._interp(img, (h, w), mode)
-            if train_crop:
-                top = int(torch.randint(0, h - s + 1, (1,), generator=gen))
-                left = int(torch.randint(0, w - s + 1, (1,), generator=gen))
-            else:
-                top, left = (h - s) // 2, (w - s) // 2
-            out = out[:, top:top + s, left:left + s]
-        if self.augment in ("flip", "crop_flip") and gen is not None and torch.rand(1, generator=gen).item() < 0.5:
-            out = out.flip(-1)
-        return out
+    @property
+    def hw(self) -> tuple[int, int]:
+        return (self.size, self.size) if isinstance(self.size, int) else (int(self.size[0]), int(self.size[1]))
 
-    @staticmethod
-    def _interp(img: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-        if tuple(img.shape[1:]) == size:
-            return img.contiguous()
-        antialias = mode in ("bilinear", "bicubic")
-        out = F.interpolate(img[None], size=size, mode=mode, antialias=antialias, align_corners=False if antialias else None)
-        return out[0].clamp_(0.0, 1.0)
+    def __call__(self, img: torch.Tensor | np.ndarray, gen: torch.Generator | None = None) -> torch.Tensor:
+        x = img.numpy() if isinstance(img, torch.Tensor) else img
+        h, w = self.hw
+        crop_at = None
+        if self.augment == "crop_flip" and gen is not None:  # a random crop of the `timm` policy's scaled image
+            rh, rw = rt.scaled_size(x.shape[1:], (h, w), self.crop_pct)
+            crop_at = (int(torch.randint(0, rh - h + 1, (1,), generator=gen)),
+                       int(torch.randint(0, rw - w + 1, (1,), generator=gen)))
+        out = rt.resize_image(x, (h, w), self.interpolation, self.resize, self.crop_pct, crop_at)
+        if self.augment in ("flip", "crop_flip") and gen is not None and torch.rand(1, generator=gen).item() < 0.5:
+            out = np.ascontiguousarray(out[:, :, ::-1])
+        return torch.from_numpy(out)
 
 
 class ImageDataset(Dataset):
@@ -93,14 +80,9 @@ class ImageDataset(Dataset):
         return ImageDataset(items, self.labels[idx], self.classes, self.transform, self.seed)
 
     def load(self, i: int) -> torch.Tensor:
+        """Image i as float [0, 1] C×H×W (edgevp.runtime: the device's decoder and scaling)."""
         item = self.items[i]
-        if isinstance(item, np.ndarray):
-            arr = item
-        else:
-            arr = _read_image(item)
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
-        return t.float().div_(255.0)
+        return torch.from_numpy(rt.to_chw(item if isinstance(item, np.ndarray) else read_image(item)))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = self.load(i)
@@ -110,13 +92,6 @@ class ImageDataset(Dataset):
         if self.transform is not None:
             img = self.transform(img, gen)
         return img, int(self.labels[i])
-
-
-def _read_image(path: str) -> np.ndarray:
-    """uint8 (H, W) or (H, W, 3), any Pillow mode scaled to 8 bits (edgevp.images.to_uint8)."""
-    from .images import read_image
-
-    return read_image(path)
 
 
 @dataclass
@@ -216,22 +191,6 @@ def _digits(cfg: DataConfig) -> LoadedSplits:
     return LoadedSplits(ImageDataset(images, d.target, classes), info={"source": "sklearn.datasets.load_digits"})
 
 
-def _scan_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_hidden(Path(p.name)))
-    if not classes:
-        raise DataError(f"no class folders in '{root}'", "expected ROOT/<class>/<image> (optionally under train/, val/)")
-    check_class_links(root, classes)
-    paths, labels = [], []
-    for i, c in enumerate(classes):
-        for p in sorted((root / c).rglob("*")):
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(p.relative_to(root)):
-                paths.append(str(p))
-                labels.append(i)
-    if not paths:
-        raise DataError(f"no images in '{root}'", f"supported extensions: {' '.join(IMAGE_EXTENSIONS)}")
-    return paths, labels, classes
-
-
 def _folder(cfg: DataConfig) -> LoadedSplits:
     if not cfg.root:
         raise DataError("data.name=folder needs data.root", "example: -s data.root=/data/my_images")
@@ -241,14 +200,14 @@ def _folder(cfg: DataConfig) -> LoadedSplits:
                         f"dataset folder '{root}' does not exist", "data.root takes ROOT with ROOT/<class>/<image>")
     sub = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     if "train" not in sub:
-        paths, labels, classes = _scan_folder(root)
+        paths, labels, classes = scan_folder(root)
         return LoadedSplits(ImageDataset(paths, labels, classes), info={"root": str(root)})
-    paths, labels, classes = _scan_folder(sub["train"])
+    paths, labels, classes = scan_folder(sub["train"])
     train = ImageDataset(paths, labels, classes)
     extra = {}
     for s in ("val", "test"):
         if s in sub:
-            p, l, c = _scan_folder(sub[s])
+            p, l, c = scan_folder(sub[s])
             if c != classes:
                 raise DataError(f"classes of '{sub[s]}' differ from '{sub['train']}'")
             extra[s] = ImageDataset(p, l, classes)
@@ -480,7 +439,7 @@ def load_splits(cfg: DataConfig) -> Splits:
 
 def backbone_transform(cfg: DataConfig, info) -> ImageTransform:
     """The resize (+ augmentation) to the backbone's input size, from its own data config (`BackboneInfo`)."""
-    return ImageTransform(size=info.input_size[-1], interpolation=info.interpolation, resize=cfg.resize,
+    return ImageTransform(size=tuple(info.input_size[-2:]), interpolation=info.interpolation, resize=cfg.resize,
                           crop_pct=cfg.crop_pct or info.crop_pct, augment=cfg.augment)
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, IncompatibleError
-from ..images import check_class_links
+from ..runtime.scan import scan_folder
 from .artifact import Artifact
-from .preprocess import IMAGE_EXTENSIONS, Preprocess
+from .preprocess import Preprocess
 
 TEST_FILE = "test.npz"
 
@@ -74,18 +74,8 @@ def load_data(data: Path, limit: int | None = None) -> EvalData:
         if limit:
             images, labels = images[:limit], labels[:limit]
         return EvalData(str(data), "test.npz", classes, labels.astype(np.int64), images=images, info=info)
-    classes = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError(f"no class folders in '{data}'", "expected ROOT/<class>/<image>")
-    check_class_links(data, classes)
-    paths, labels = [], []
-    for i, c in enumerate(classes):
-        for f in sorted((data / c).rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                paths.append(f)
-                labels.append(i)
-    if not paths:
-        raise DataError(f"no images under '{data}'", f"image files end in {', '.join(IMAGE_EXTENSIONS)}")
+    paths, labels, classes = scan_folder(data)  # training's scan: the same images, the same classes
+    paths = [Path(p) for p in paths]
     if limit:
         paths, labels = paths[:limit], labels[:limit]
     return EvalData(str(data), "folder", classes, np.asarray(labels, np.int64), paths=paths)

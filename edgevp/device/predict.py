@@ -13,16 +13,17 @@ import numpy as np
 
 from ..errors import DataError
 from ..tables import markdown_table
+from ..runtime.scan import IMAGE_EXTENSIONS, image_files
 from .artifact import Artifact
-from .preprocess import IMAGE_EXTENSIONS
 
 
 def collect(inputs: list[Path]) -> list[Path]:
-    """Image files among INPUTS (a directory: its image files, recursively, sorted). A missing input is DataError."""
+    """Image files among INPUTS (a directory: its image files, recursively, sorted, hidden files, `._*` and
+    `__MACOSX/` skipped as training skips them; a file named is read as is). A missing input is DataError."""
     files = []
     for p in map(Path, inputs):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            files += image_files(p)
         elif p.is_file():
             files.append(p)
         else:

@@ -1,10 +1,6 @@
-"""Preprocessing on the device in numpy + Pillow, driven by the artifact's own metadata.
-
-It redoes the training pipeline (edgevp.data.ImageTransform) without torch: decode to RGB (grey images are repeated
-over three channels, an alpha channel is dropped), scale to [0, 1], resize in float (Pillow mode "F", per channel,
-antialiased like torch's `antialias=True`) either straight to the input size (`direct`) or shorter side to
-size/crop_pct then a centre crop (`timm`), clip to [0, 1], and normalise with mean/std only when the normalisation
-is not inside the model (`include_preprocess` false).
+"""Preprocessing on the device, driven by the artifact's own metadata: edgevp.runtime's decoder and resize, the
+code training's data loader runs (so the array fed to the model is the tensor training produced, bit for bit),
+then normalisation with mean/std only when it is not inside the model (`include_preprocess` false).
 """
 from __future__ import annotations
 
@@ -13,10 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from ..images import too_large
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+from ..runtime import transform as rt
+from ..runtime.decode import read_image
 
 
 @dataclass
@@ -46,58 +40,15 @@ class Preprocess:
     def normalise(self, x: np.ndarray) -> np.ndarray:
         """[0, 1] float32 N×3×H×W -> what the model takes."""
         x = x.astype(np.float32, copy=False)
-        if self.include_preprocess:
-            return x
-        mean = np.asarray(self.mean, np.float32)[:, None, None]
-        std = np.asarray(self.std, np.float32)[:, None, None]
-        return ((x - mean) / std).astype(np.float32)
+        return x if self.include_preprocess else rt.normalise(x, self.mean, self.std)
 
     def image(self, path: str | Path) -> np.ndarray:
         """One image file -> float32 3×H×W in [0, 1], resized (not normalised). Raises DataError (exit 5)."""
         return self.resized(read_image(path))
 
     def resized(self, arr: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
-        img = arr.astype(np.float32) / 255.0
-        if img.ndim == 2:
-            img = img[:, :, None]
-        img = img[:, :, :3]
-        if img.shape[2] == 1:
-            img = np.repeat(img, 3, axis=2)
-        h, w = self.size
-        resample = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}.get(
-            self.interpolation, Image.Resampling.BICUBIC)
-
-        def resize(a: np.ndarray, hh: int, ww: int) -> np.ndarray:
-            if a.shape[:2] == (hh, ww):
-                return a
-            return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[:, :, c])).resize((ww, hh), resample))
-                             for c in range(a.shape[2])], axis=2)
-
-        if self.resize == "direct":
-            out = resize(img, h, w)
-        else:  # shorter side to size / crop_pct, then the centre crop (ImageTransform's eval path)
-            s = w
-            scale = s / max(self.crop_pct, 1e-6) / min(img.shape[:2])
-            hh, ww = max(s, round(img.shape[0] * scale)), max(s, round(img.shape[1] * scale))
-            out = resize(img, hh, ww)
-            top, left = (hh - h) // 2, (ww - w) // 2
-            out = out[top:top + h, left:left + w]
-        return np.clip(out, 0.0, 1.0).transpose(2, 0, 1).astype(np.float32)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image to uint8 H×W (grey) or H×W×3 (RGB). Raises DataError (exit 5) when it cannot be decoded."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("L" if im.mode in ("L", "I;16", "I", "1") else "RGB"))
-    except Image.DecompressionBombError:
-        raise too_large(path) from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot decode image '{path}': {type(e).__name__}", "remove or replace the file") from None
+        """uint8 H×W or H×W×C -> float32 3×H×W in [0, 1], as training's ImageTransform (no augmentation)."""
+        return rt.resize_image(rt.to_chw(arr), tuple(self.size), self.interpolation, self.resize, self.crop_pct)
 
 
 def parse_floats(text: str | None, n: int, name: str) -> tuple[float, ...] | None:
