@@ -123,6 +123,9 @@ def describe(model: nn.Module, cfg: BackboneConfig, weights_sha256: str | None =
     size = tuple(dc["input_size"])
     if cfg.img_size is not None:
         size = (3, cfg.img_size, cfg.img_size)
+    if size[-2] != size[-1]:  # prompts, packs and exports assume S×S (the device and edgevp.runtime take H×W)
+        raise ConfigError(f"backbone '{cfg.name}' takes {size[-2]}x{size[-1]} images; edgevp trains square inputs only",
+                          "set backbone.img_size to one side length")
     info = BackboneInfo(
         name=cfg.name, weights=cfg.weights, weights_sha256=weights_sha256,
         is_vit=isinstance(model, VisionTransformer), input_size=size,
