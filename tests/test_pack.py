@@ -222,6 +222,31 @@ def test_ort_fp16_and_trt_bundle(runs, tmp_path):
     script = (bundle / "build_engine.sh").read_text()
     assert "images:8x3x32x32" in script and "head_weight:32x10x" in script and "head_weight:1x10x" in script
     assert {"model.fp16.onnx", "tables.npz", "tasks.json", "README.md"} <= {p.name for p in bundle.iterdir()}
+    _triton_serves_the_frozen_tables_with_task_per_request(bundle)
+
+
+def _triton_serves_the_frozen_tables_with_task_per_request(bundle):
+    """Tables as inputs have no batch axis, so triton/pack_onnx serves the graph with them as constants: `images` and
+    `task` per request under dynamic batching (checked with Triton's own protobuf), the same logits as the bundle's
+    graph fed the tables, on a mixed batch."""
+    import onnxruntime as ort
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    cfg = text_format.Parse((bundle / "triton" / "pack_onnx" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.HasField("dynamic_batching") and cfg.max_batch_size == 8 and cfg.platform == "onnxruntime_onnx"
+    task = next(i for i in cfg.input if i.name == "task")
+    assert task.data_type == model_config_pb2.TYPE_INT64 and list(task.dims) == [1] and list(task.reshape.shape) == []
+    assert not (bundle / "triton" / "pack").exists()  # no engine Triton could batch: it takes the tables as inputs
+    frozen = ort.InferenceSession(str(bundle / "triton" / "pack_onnx" / "1" / "model.onnx"))
+    assert [i.name for i in frozen.get_inputs()] == ["images", "task"]
+    full = ort.InferenceSession(str(bundle / "model.fp16.onnx"))
+    with np.load(bundle / "tables.npz") as npz:
+        tables = {k: npz[k] for k in npz.files}
+    x = np.random.default_rng(1).random((4, 3, 32, 32), dtype=np.float32)
+    t = np.array([1, 0, 0, 1])
+    assert np.array_equal(frozen.run(None, {"images": x, "task": t})[0],
+                          full.run(None, {"images": x, "task": t, **tables})[0])
 
 
 @pytest.mark.parametrize("args, code, message", [

@@ -41,9 +41,9 @@ On the device: `./build_engine.sh && ./verify.sh` (`edgevp check .` first, where
   version this bundle was not made for.
 - `reference/` + `verify.sh`: {feeds} reference feeds (mixed task ids) and the ONNX Runtime outputs, as Polygraphy
   JSON and trtexec raw inputs (the `task` ids also as int32 for TensorRT 8.x); `./verify.sh [ENGINE]`.
-- `triton/pack/`: a Triton model repository (`tritonserver --model-repository=$PWD/triton`) with `images` and
-  `task` per request and dynamic batching, so requests for different tasks share a batch; `triton/pack_onnx/` is
-  the ONNX Runtime fallback.
+- `triton/`: a Triton model repository (`tritonserver --model-repository=$PWD/triton`) with `images` and `task` per
+  request and dynamic batching, so requests for different tasks share a batch: `pack` (the engine) and `pack_onnx`
+  (ONNX Runtime); with tables as inputs only `pack_onnx`, the graph with these tables as constants.
 - No DeepStream config: {deepstream}.
 """
 
@@ -129,21 +129,45 @@ def write_trt_bundle(work: Path, files: list[str], tasks, opts, gate: dict) -> s
 
 def _write_triton(bundle: Path, onnx_name: str, dims: dict, tables: dict, classes: int, opts) -> dict:
     """triton/pack (TensorRT plan, placed by build_engine.sh) and triton/pack_onnx (ONNX Runtime): `images` and
-    `task` per request, batched by Triton's dynamic batcher. Tables as inputs are not per request (they have no batch
-    axis), so those packs get no Triton repository: their tables would have to be constants of the engine."""
+    `task` per request, batched by Triton's dynamic batcher, so requests for different tasks share a batch. Triton
+    gives every input of a batching model a batch axis, which tables do not have: with tables as inputs the
+    repository serves a copy of the graph with the bundle's tables frozen in as constants (`freeze_tables`), through
+    ONNX Runtime only (the engine build_engine.sh makes takes the tables as inputs, for edgevp's runtime)."""
     from ..device import formats
 
-    if tables:
-        return {"repository": None, "reason": "tables as inputs have no batch axis: Triton batches every input; "
-                                              "pack without --tables-as-inputs for Triton"}
     c, h, w = (int(v) for v in dims[IMAGES]["opt"].split("x")[1:])
-    for name, platform in (("pack", "tensorrt_plan"), ("pack_onnx", "onnxruntime_onnx")):
+    models = (("pack_onnx", "onnxruntime_onnx"),) if tables else (("pack", "tensorrt_plan"),
+                                                                  ("pack_onnx", "onnxruntime_onnx"))
+    for name, platform in models:
         d = bundle / "triton" / name
         (d / "1").mkdir(parents=True)
         write_text(d / "labels.txt", "".join(f"{i}\n" for i in range(classes)))
         write_text(d / "config.pbtxt", formats.triton_config(
             name=name, platform=platform, inputs=[(IMAGES, "float32", [c, h, w]), (TASK, "int64", [])],
             outputs=[(LOGITS, [classes])], max_batch_size=opts.trt_max_batch))
-        if platform == "onnxruntime_onnx":
+        if platform == "onnxruntime_onnx" and tables:
+            freeze_tables(bundle / onnx_name, tables, d / "1" / "model.onnx")
+        elif platform == "onnxruntime_onnx":
             shutil.copyfile(bundle / onnx_name, d / "1" / "model.onnx")
+    if tables:
+        return {"repository": "triton", "tensorrt": None, "onnxruntime": "pack_onnx", "tables": "frozen",
+                "reason": "Triton batches every input and the tables have no batch axis: triton/pack_onnx serves the "
+                          "graph with these tables as constants; the engine takes them as inputs (edgevp's runtime)"}
     return {"repository": "triton", "tensorrt": "pack", "onnxruntime": "pack_onnx"}
+
+
+def freeze_tables(src: Path, tables: dict[str, np.ndarray], dst: Path) -> None:
+    """A copy of the pack graph `src` whose table inputs are constants (initializers) holding `tables`, each in its
+    input's element type: what is left to feed is `images` and `task`, both per sample."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    types = {i.name: helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
+    keep = [i for i in model.graph.input if i.name not in tables]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    model.graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(v.astype(types[k])), name=k)
+                                   for k, v in tables.items() if k in types)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
