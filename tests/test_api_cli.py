@@ -104,7 +104,8 @@ def test_every_option_has_its_dataclass_field_name_and_default(command):
         if (command, name) in NOT_FIELDS:
             assert not fields, f"{command} --{name} is listed as no field, but {classes} has it"
             continue
-        assert fields, f"`edgevp {command}` option {param.opts} is no field of {[c.__name__ for c in classes]}"
+        assert fields, (f"`edgevp {command}` option {param.opts} is no field of {[c.__name__ for c in classes]}: "
+                        "add the field, or list the option in NOT_FIELDS with the reason it has none")
         assert "--" + name.replace("_", "-") in param.opts, (command, param.opts)
         cli = CLI_TEXT.get((command, name), lambda v: v)(param.default)
         for f in fields:

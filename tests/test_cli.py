@@ -68,6 +68,7 @@ def test_print_config_resolves_without_training(tmp_path):
     (["train", RECIPE, "-s", "train.epochs=two"], 2, "expected an integer"),
     (["train", "missing.yaml"], 2, "not found"),
     (["train"], 2, "give a RECIPE"),
+    (["train", "--resume", "/nonexistent", "--print-config"], 2, "--print-config prints a RECIPE's resolved config"),
     (["train", RECIPE, "-s", "method=nope"], 2, "unknown method 'nope'"),
     (["train", RECIPE, "-s", "backbone.name=not_a_model"], 2, "unknown backbone"),
     (["train", RECIPE, "-s", "data.name=folder", "-s", "data.root=/nonexistent"], 5, "does not exist"),
