@@ -3,7 +3,6 @@ to the same result (data order, augmentation and dropout are all functions of th
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -29,9 +28,9 @@ from .data import EpochSampler, Splits, backbone_transform, load_splits, make_lo
 from .errors import EXIT_INTERRUPTED, DataError, DivergedError, EdgevpError, IncompatibleError
 from .evaluation import autocast, evaluator, resolve_device
 from .images import check_images, content_sha256, dataset_change
-from .io import append_jsonl, write_text
 from .model import build_model, check_model
 from .prompts.base import PromptedModel
+from .records import EpochRecord, TrainInfo
 from .runs import RunDir, default_run_name, writer_lock
 
 
@@ -243,6 +242,117 @@ def _diverged(run: RunDir, loss: float, epoch: int, step: int) -> DivergedError:
                          f"lower train.lr or enable train.grad_clip; {kept}")
 
 
+@dataclass
+class _Session:
+    """What one training process works with, built by `_setup` before the first step."""
+
+    cfg: RunConfig  # a resumed run's own
+    run: RunDir
+    model: PromptedModel
+    splits: Splits
+    device: torch.device
+    rep: Reporter
+    state: dict | None  # the resume state; None for a new run
+    main: bool  # rank 0 (or the only process): it alone writes the run directory
+
+
+def _fit(cfg: RunConfig, path: Path, resuming: bool, command, recipe_sha256, reporter, stop_after_steps, init_state,
+         extra_inputs, overwrite: bool, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """One process's training: set up, restore or start, the epochs, then the test and the final records."""
+    s = _setup(cfg, path, resuming, reporter, overwrite, init_state,
+               lambda cfg, model, splits: _inputs(cfg, model, splits, command, recipe_sha256, extra_inputs))
+    trainer = _Trainer(s, on_epoch)
+    if (init_state is not None or s.cfg.train.epochs == 0) and s.state is None:
+        trainer.start_from_given_tensors()
+    if stop_after_steps is None and os.environ.get("EDGEVP_STOP_AFTER_STEPS"):  # tests: stop a CLI/torchrun run
+        stop_after_steps = int(os.environ["EDGEVP_STOP_AFTER_STEPS"])
+    with _StopFlag(stop_after_steps) as stop:
+        trainer.run(stop)
+    return _finish(s, trainer.progress, trainer.tracker)
+
+
+# -- set-up: the run's config, device, seeds, data, model and run directory ------------------------------------------
+def _setup(cfg: RunConfig, path: Path, resuming: bool, reporter: Reporter | None, overwrite: bool,
+           init_state: dict | None,
+           inputs: Callable[[RunConfig, PromptedModel, Splits], tuple[list[str], dict]]) -> _Session:
+    """Everything before the first step, in the order that fixes the random state: seeds, data, the model (from
+    `init_state` when given), then the run directory (created from `inputs(cfg, model, splits)` for a new run)."""
+    main = ddp.is_main()
+    if not main:
+        reporter = Reporter(quiet=True)  # only rank 0 logs; the others' errors still reach the console
+    cfg, state = _open_run(cfg, path, resuming, overwrite, reporter)
+    tcfg = cfg.train
+    tracking.check_available(tcfg.track)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    device = resolve_device(tcfg.device)
+    seed_everything(tcfg.seed, tcfg.deterministic)
+    splits = _load_data(cfg, path, resuming, reporter)
+    model = build_model(cfg, len(splits.classes))
+    splits.set_transform(backbone_transform(cfg.data, model.info), cfg.data.split_seed)
+    if init_state is not None and state is None:
+        model.load_trainable_state(init_state)
+    model.to(device)
+    run = RunDir(path)
+    if not resuming:
+        command, manifest_inputs = inputs(cfg, model, splits)
+        run = ddp.on_main(lambda: RunDir.create(path, cfg, command, manifest_inputs))
+    rep = reporter or Reporter()
+    if main:
+        rep.log_file = run.log_path
+    rep.log(model.param_line())
+    rep.log(f"run directory: {run.path}")
+    return _Session(cfg, run, model, splits, device, rep, state, main)
+
+
+def _open_run(cfg: RunConfig, path: Path, resuming: bool, overwrite: bool,
+              reporter: Reporter | None) -> tuple[RunConfig, dict | None]:
+    """The config to train and the resume state: a resumed run's own (its backbone and batch checked again before
+    the data is read), or `cfg` with no state in a run directory cleared for it."""
+    if not resuming:
+        ddp.on_main(lambda: _start_over(path, overwrite, reporter))
+        return cfg, None
+    cfg, state = ddp.on_main(lambda: _read_resume(path))
+    check_model(cfg)  # the backbone and its weights are still here, before the data is read again
+    ddp.check_batch(cfg.data.batch_size)
+    return cfg, state
+
+
+def _load_data(cfg: RunConfig, path: Path, resuming: bool, reporter: Reporter | None) -> Splits:
+    """The run's splits (read once; the transform needs the backbone's data config), checked before training."""
+    splits = load_splits(cfg.data)
+    classes = len(np.unique(splits.train.labels))
+    if classes < 2:
+        raise ddp.echoed(DataError(f"the train split of '{cfg.data.name}' has {classes} class",
+                                   "a classifier needs at least 2 classes: add images of other classes"))
+    ddp.on_main(lambda: _check_data(path, resuming, splits, reporter))
+    return splits
+
+
+def _inputs(cfg: RunConfig, model: PromptedModel, splits: Splits, command: list[str] | None,
+            recipe_sha256: str | None, extra_inputs: dict | None) -> tuple[list[str], dict]:
+    """The command line and the manifest's "inputs" of a new run: backbone, weights, data and split sizes."""
+    sizes = {k: len(v) for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+             if v is not None}
+    return command or [], {"backbone": cfg.backbone.name, "weights": cfg.backbone.weights,
+                           "weights_sha256": model.info.weights_sha256, "data": splits.source,
+                           "recipe_sha256": recipe_sha256, "data_config": model.info.data_config,
+                           "split_sizes": sizes, **(extra_inputs or {})}
+
+
+# -- data parallel -----------------------------------------------------------------------------------------------------
+def _data_parallel(model: PromptedModel, batch_size: int, rep: Reporter) -> tuple[ddp.GradientReducer | None, dict]:
+    """Under torchrun: the gradient all-reduce and what the train stage records of it; (None, {}) for one process."""
+    if not ddp.active():
+        return None, {}
+    reducer = ddp.GradientReducer([p for _, p in model.trainable_parameters()], extras=4)
+    scale_out = {"world_size": ddp.world_size(), "backend": ddp.backend(),
+                 "per_rank_batch": ddp.slice_sizes(batch_size), "allreduce_bytes_per_step": reducer.bytes_per_step}
+    rep.log(f"data parallel: {scale_out['world_size']} processes ({scale_out['backend']}), global batch {batch_size} "
+            f"as {scale_out['per_rank_batch']} per rank, {reducer.bytes_per_step:,} bytes all-reduced per step")
+    return reducer, scale_out
+
+
 def _ddp_step(model: PromptedModel, batch, optimizer, scaler, reducer: ddp.GradientReducer, tcfg: TrainConfig,
               device: torch.device, stop_here: bool) -> tuple[float, float, float, bool]:
     """Forward/backward of this rank's slice of a global batch and the gradient all-reduce (no optimizer step).
@@ -264,231 +374,237 @@ def _ddp_step(model: PromptedModel, batch, optimizer, scaler, reducer: ddp.Gradi
     return loss_sum, correct, count, stop > 0
 
 
-def _fit(cfg: RunConfig, path: Path, resuming: bool, command, recipe_sha256, reporter, stop_after_steps, init_state,
-         extra_inputs, overwrite: bool, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    main = ddp.is_main()
-    if not main:
-        reporter = Reporter(quiet=True)  # only rank 0 logs; the others' errors still reach the console
-    if resuming:
-        cfg, state = ddp.on_main(lambda: _read_resume(path))
-        check_model(cfg)  # the backbone and its weights are still here, before the data is read again
-        ddp.check_batch(cfg.data.batch_size)
-    else:
-        ddp.on_main(lambda: _start_over(path, overwrite, reporter))
-        state = None
-    run = RunDir(path)
-    tcfg = cfg.train
-    tracking.check_available(tcfg.track)
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
-    device = resolve_device(tcfg.device)
-    seed_everything(tcfg.seed, tcfg.deterministic)
-    splits = load_splits(cfg.data)  # read once; the transform needs the backbone's data config
-    if len(np.unique(splits.train.labels)) < 2:
-        raise ddp.echoed(DataError(f"the train split of '{cfg.data.name}' has {len(np.unique(splits.train.labels))} "
-                                   "class", "a classifier needs at least 2 classes: add images of other classes"))
-    ddp.on_main(lambda: _check_data(path, resuming, splits, reporter))
-    model = build_model(cfg, len(splits.classes))
-    splits.set_transform(backbone_transform(cfg.data, model.info), cfg.data.split_seed)
-    if init_state is not None and state is None:
-        model.load_trainable_state(init_state)
-    model.to(device)
-    if not resuming:
-        inputs = {"backbone": cfg.backbone.name, "weights": cfg.backbone.weights,
-                  "weights_sha256": model.info.weights_sha256, "data": splits.source, "recipe_sha256": recipe_sha256,
-                  "data_config": model.info.data_config,
-                  "split_sizes": {k: len(v) for k, v in (("train", splits.train), ("val", splits.val),
-                                                         ("test", splits.test)) if v is not None},
-                  **(extra_inputs or {})}
-        run = ddp.on_main(lambda: RunDir.create(path, cfg, command or [], inputs))
-    rep = reporter or Reporter()
-    if main:
-        rep.log_file = run.log_path
-    rep.log(model.param_line())
-    rep.log(f"run directory: {run.path}")
-    optimizer = make_optimizer(model, tcfg)
-    bs = cfg.data.batch_size
-    reducer, scale_out = None, {}
-    if ddp.active():
-        reducer = ddp.GradientReducer([p for _, p in model.trainable_parameters()], extras=4)
-        scale_out = {"world_size": ddp.world_size(), "backend": ddp.backend(), "per_rank_batch": ddp.slice_sizes(bs),
-                     "allreduce_bytes_per_step": reducer.bytes_per_step}
-        rep.log(f"data parallel: {scale_out['world_size']} processes ({scale_out['backend']}), global batch {bs} "
-                f"as {scale_out['per_rank_batch']} per rank, {reducer.bytes_per_step:,} bytes all-reduced per step")
-    if main:  # from here on a failure is recorded
-        run.set_stage("train", status="running", device=str(device), **scale_out)
-    start = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_top1": -1.0, "best_epoch": -1,
-             "train_sums": [0.0, 0, 0], "seconds": 0.0}
-    if state is not None:
-        model.load_trainable_state(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+# -- checkpoints and resume ------------------------------------------------------------------------------------------
+def _new_progress() -> dict:
+    """Where a new run starts; a resume state carries its own (the `progress` of RUN/checkpoints/resume.pt)."""
+    return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_top1": -1.0, "best_epoch": -1,
+            "train_sums": [0.0, 0, 0], "seconds": 0.0}
+
+
+class _Checkpoints:
+    """The run's prompt checkpoints and resume state: written by rank 0, restored on every rank."""
+
+    def __init__(self, s: _Session, optimizer: torch.optim.Optimizer):
+        self.s, self.optimizer = s, optimizer
+
+    def restore(self) -> dict:
+        """The progress to start from: a new run's, or the resume state's with the tensors, the optimizer and the RNG
+        restored and metrics.jsonl cut back to the epochs before it."""
+        s, state = self.s, self.s.state
+        if state is None:
+            return _new_progress()
+        s.model.load_trainable_state(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start = state["progress"]
-        if main:
-            kept = [m for m in run.metrics() if m["epoch"] < start["epoch"]]
-            write_text(run.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
-        if start["epoch"] >= tcfg.epochs:
-            rep.log(f"run '{run.path}' already finished its {tcfg.epochs} epochs; nothing left to train")
+        if s.main:
+            s.run.keep_epochs_before(start["epoch"])
+        if start["epoch"] >= s.cfg.train.epochs:
+            s.rep.log(f"run '{s.run.path}' already finished its {s.cfg.train.epochs} epochs; nothing left to train")
         else:
-            rep.log(f"resuming at epoch {start['epoch'] + 1} step {start['step_in_epoch']}")
-    ebs = cfg.data.eval_batch_size or bs
-    steps_per_epoch = math.ceil(len(splits.train) / bs)
-    validate = evaluator(splits.val, ebs, device, tcfg.amp, cfg.data.num_workers)
-    tracker = tracking.Tracking(tcfg.track if main else [])
-    tracker.start(run.path, cfg, start["global_step"])
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and tcfg.amp
-                                  and not torch.cuda.is_bf16_supported())
-    progress = dict(start)
-    t_start = time.time()
+            s.rep.log(f"resuming at epoch {start['epoch'] + 1} step {start['step_in_epoch']}")
+        return start
 
-    def checkpoint(epoch_done: bool) -> None:
-        progress["seconds"] = start["seconds"] + time.time() - t_start
-        if not main:
+    def save_weights(self, which: str, epoch: int, **meta) -> None:
+        """RUN/checkpoints/`which`.safetensors (rank 0)."""
+        if self.s.main:
+            save_checkpoint(self.s.run.checkpoint(which), self.s.model.trainable_state(), self.s.cfg,
+                            num_classes=len(self.s.splits.classes), epoch=epoch, **meta)
+
+    def save_last(self, progress: dict) -> None:
+        """The last checkpoint and the resume state at `progress` (rank 0)."""
+        if not self.s.main:
             return
-        save_checkpoint(run.checkpoint("last"), model.trainable_state(), cfg, num_classes=len(splits.classes),
-                        epoch=progress["epoch"])
-        save_resume(run, {"model": model.trainable_state(), "optimizer": optimizer.state_dict(),
-                          "torch_rng": torch.get_rng_state(), "progress": dict(progress)})
+        self.save_weights("last", progress["epoch"])
+        save_resume(self.s.run, {"model": self.s.model.trainable_state(), "optimizer": self.optimizer.state_dict(),
+                                 "torch_rng": torch.get_rng_state(), "progress": dict(progress)})
 
-    if (init_state is not None or tcfg.epochs == 0) and state is None:
-        # starting from given tensors (fine-tuning a condensed run): they are the first candidate for "best", so
-        # fine-tuning can only keep or improve the validation top-1
-        val = validate(model)
-        progress.update(best_top1=val["top1"], best_epoch=-1)
-        if main:
-            for which in ("best", "last"):
-                save_checkpoint(run.checkpoint(which), model.trainable_state(), cfg,
-                                num_classes=len(splits.classes), epoch=-1, val_top1=val["top1"])
-            append_jsonl(run.metrics_path, {"epoch": -1, **{f"val_{k}": v for k, v in val.items()}})
-    if stop_after_steps is None and os.environ.get("EDGEVP_STOP_AFTER_STEPS"):  # tests: stop a CLI/torchrun run
-        stop_after_steps = int(os.environ["EDGEVP_STOP_AFTER_STEPS"])
-    with _StopFlag(stop_after_steps) as stop:
+
+# -- the loop ----------------------------------------------------------------------------------------------------------
+class _Trainer:
+    """The epochs of one process: its steps (alone or data-parallel), evaluation, checkpoints and records."""
+
+    def __init__(self, s: _Session, on_epoch: Callable[[dict], None] | None):
+        self.s, self.on_epoch, self.tcfg = s, on_epoch, s.cfg.train
+        self.bs = s.cfg.data.batch_size
+        self.optimizer = make_optimizer(s.model, self.tcfg)
+        self.reducer, scale_out = _data_parallel(s.model, self.bs, s.rep)
+        if s.main:  # from here on a failure is recorded
+            s.run.set_stage("train", status="running", device=str(s.device), **scale_out)
+        self.ckpt = _Checkpoints(s, self.optimizer)
+        self.start = self.ckpt.restore()
+        self.ebs = s.cfg.data.eval_batch_size or self.bs
+        self.steps_per_epoch = math.ceil(len(s.splits.train) / self.bs)
+        self.validate = evaluator(s.splits.val, self.ebs, s.device, self.tcfg.amp, s.cfg.data.num_workers)
+        self.tracker = tracking.Tracking(self.tcfg.track if s.main else [])
+        self.tracker.start(s.run.path, s.cfg, self.start["global_step"])
+        self.scaler = torch.amp.GradScaler("cuda", enabled=s.device.type == "cuda" and self.tcfg.amp
+                                           and not torch.cuda.is_bf16_supported())
+        self.progress = dict(self.start)
+        self.t_start = time.time()
+
+    def checkpoint(self) -> None:
+        self.progress["seconds"] = self.start["seconds"] + time.time() - self.t_start
+        self.ckpt.save_last(self.progress)
+
+    def start_from_given_tensors(self) -> None:
+        """Starting from given tensors (fine-tuning a condensed run): they are the first candidate for "best", so
+        fine-tuning can only keep or improve the validation top-1."""
+        val = self.validate(self.s.model)
+        self.progress.update(best_top1=val["top1"], best_epoch=-1)
+        for which in ("best", "last"):
+            self.ckpt.save_weights(which, -1, val_top1=val["top1"])
+        if self.s.main:
+            self.s.run.append_epoch(EpochRecord(epoch=-1).with_val(val))
+
+    def run(self, stop: _StopFlag) -> None:
+        """The epochs left; how training stopped (interrupted, pruned, failed) is recorded in the train stage."""
         try:
-            for epoch in range(start["epoch"], tcfg.epochs):
-                skip = progress["step_in_epoch"] * bs if epoch == start["epoch"] else 0
-                splits.train.epoch = epoch
-                model.method.before_epoch(model, make_loader(splits.train, ebs, cfg.data.num_workers), epoch)
-                order = EpochSampler(len(splits.train), tcfg.seed, epoch, skip)
-                loader = (make_loader(splits.train, bs, cfg.data.num_workers, order) if reducer is None
-                          else ddp.ShardedBatches(splits.train, order, bs, cfg.data.num_workers))
-                model.train()
-                rep.start_bar(f"epoch {epoch + 1}/{tcfg.epochs}", steps_per_epoch, progress["step_in_epoch"])
-                t_epoch = time.time()
-                for batch in loader:
-                    lr = lr_at(tcfg, progress["global_step"], steps_per_epoch)
-                    for g in optimizer.param_groups:
-                        g["lr"] = lr
-                    if reducer is None:
-                        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-                        with autocast(device, tcfg.amp):
-                            logits = model(x)
-                            loss = F.cross_entropy(logits.float(), y, label_smoothing=tcfg.label_smoothing)
-                        if not torch.isfinite(loss):
-                            raise _diverged(run, loss.item(), epoch, progress["step_in_epoch"])
-                        optimizer.zero_grad(set_to_none=True)
-                        scaler.scale(loss).backward()
-                        step_sums = (loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y))
-                        stop_all = None
-                    else:  # every rank gets the same global sums and stop decision from one all-reduce
-                        *step_sums, stop_all = _ddp_step(model, batch, optimizer, scaler, reducer, tcfg, device,
-                                                         stop.check(progress["global_step"] + 1 - start["global_step"]))
-                        if not math.isfinite(step_sums[0]):
-                            raise ddp.echoed(_diverged(run, step_sums[0] / step_sums[2], epoch,
-                                                       progress["step_in_epoch"]))
-                    if tcfg.grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_([p for _, p in model.trainable_parameters()], tcfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    sums = progress["train_sums"]
-                    sums[0] += step_sums[0]
-                    sums[1] += step_sums[1]
-                    sums[2] += step_sums[2]
-                    tracker.scalars({"step/loss": step_sums[0] / max(step_sums[2], 1), "step/lr": lr},
-                                    progress["global_step"])
-                    progress["step_in_epoch"] += 1
-                    progress["global_step"] += 1
-                    info = f"loss {sums[0] / sums[2]:.4f} lr {lr:.3g}"
-                    rep.advance_bar(info)
-                    if not rep.tty and progress["step_in_epoch"] % tcfg.log_every == 0:
-                        rep.log(f"epoch {epoch + 1}/{tcfg.epochs} step {progress['step_in_epoch']}/{steps_per_epoch} "
-                                f"{info}")
-                    if tcfg.ckpt_every_steps and progress["global_step"] % tcfg.ckpt_every_steps == 0:
-                        checkpoint(False)
-                    if (stop.check(progress["global_step"] - start["global_step"]) if stop_all is None
-                            else stop_all):
-                        checkpoint(False)
-                        raise ddp.echoed(Interrupted(f"interrupted at epoch {epoch + 1} step "
-                                                     f"{progress['step_in_epoch']}; checkpoint saved",
-                                                     f"resume: edgevp train --resume {run.path}"))
-                rep.stop_bar()
-                sums = progress["train_sums"]
-                record = {"epoch": epoch, "train_loss": sums[0] / max(sums[2], 1),
-                          "train_top1": 100.0 * sums[1] / max(sums[2], 1),
-                          "lr": lr_at(tcfg, progress["global_step"] - 1, steps_per_epoch),
-                          "epoch_seconds": round(time.time() - t_epoch, 3)}
-                if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
-                    val = validate(model)
-                    record.update({f"val_{k}": v for k, v in val.items()})
-                    if val["top1"] > progress["best_top1"]:
-                        progress["best_top1"], progress["best_epoch"] = val["top1"], epoch
-                        if main:
-                            save_checkpoint(run.checkpoint("best"), model.trainable_state(), cfg,
-                                            num_classes=len(splits.classes), epoch=epoch, val_top1=val["top1"])
-                progress.update(epoch=epoch + 1, step_in_epoch=0, train_sums=[0.0, 0, 0])
-                checkpoint(True)
-                if main:
-                    append_jsonl(run.metrics_path, record)
-                tracker.scalars({f"epoch/{k}": v for k, v in record.items() if k != "epoch"},
-                                progress["global_step"])
-                rep.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-                if on_epoch is not None:  # on rank 0; what it raises stops every rank
-                    ddp.on_main(lambda: on_epoch(record))
-        except Interrupted:
-            rep.stop_bar()
-            tracker.close()
-            if main:
-                _mark(run, status="interrupted", seconds=round(progress["seconds"], 3))
-            raise
-        except Pruned as e:
-            rep.stop_bar()
-            tracker.close()
-            if main:
-                _mark(run, status="pruned", error=e.line(), seconds=round(time.time() - t_start, 3))
-            raise
+            for epoch in range(self.start["epoch"], self.tcfg.epochs):
+                self.epoch(epoch, stop)
         except BaseException as e:
-            rep.stop_bar()
-            tracker.close()
-            if main:
-                _mark(run, status="failed", error=f"{type(e).__name__}: {e}")
+            self.s.rep.stop_bar()
+            self.tracker.close()
+            if self.s.main:
+                _mark(self.s.run, **self._ending(e))
             raise
-    return _finish(run, cfg, model, splits, device, progress, rep, tracker)
+
+    def _ending(self, e: BaseException) -> dict:
+        if isinstance(e, Interrupted):
+            return {"status": "interrupted", "seconds": round(self.progress["seconds"], 3)}
+        if isinstance(e, Pruned):
+            return {"status": "pruned", "error": e.line(), "seconds": round(time.time() - self.t_start, 3)}
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+    def epoch(self, epoch: int, stop: _StopFlag) -> None:
+        s, cfg = self.s, self.s.cfg
+        skip = self.progress["step_in_epoch"] * self.bs if epoch == self.start["epoch"] else 0
+        s.splits.train.epoch = epoch
+        s.model.method.before_epoch(s.model, make_loader(s.splits.train, self.ebs, cfg.data.num_workers), epoch)
+        order = EpochSampler(len(s.splits.train), self.tcfg.seed, epoch, skip)
+        loader = (make_loader(s.splits.train, self.bs, cfg.data.num_workers, order) if self.reducer is None
+                  else ddp.ShardedBatches(s.splits.train, order, self.bs, cfg.data.num_workers))
+        s.model.train()
+        s.rep.start_bar(f"epoch {epoch + 1}/{self.tcfg.epochs}", self.steps_per_epoch, self.progress["step_in_epoch"])
+        t_epoch = time.time()
+        for batch in loader:
+            self.step(batch, epoch, stop)
+        s.rep.stop_bar()
+        self.end_epoch(epoch, t_epoch)
+
+    def step(self, batch, epoch: int, stop: _StopFlag) -> None:
+        """One optimizer step, its sums and records; a checkpoint when due, and the stop when asked for."""
+        tcfg, progress, model = self.tcfg, self.progress, self.s.model
+        lr = lr_at(tcfg, progress["global_step"], self.steps_per_epoch)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        if self.reducer is None:
+            step_sums, stop_all = self._local_backward(batch, epoch), None
+        else:  # every rank gets the same global sums and stop decision from one all-reduce
+            *step_sums, stop_all = _ddp_step(model, batch, self.optimizer, self.scaler, self.reducer, tcfg,
+                                             self.s.device, stop.check(progress["global_step"] + 1
+                                                                       - self.start["global_step"]))
+            if not math.isfinite(step_sums[0]):
+                raise ddp.echoed(_diverged(self.s.run, step_sums[0] / step_sums[2], epoch, progress["step_in_epoch"]))
+        if tcfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for _, p in model.trainable_parameters()], tcfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        sums = progress["train_sums"]
+        for i in range(3):
+            sums[i] += step_sums[i]
+        self.tracker.scalars({"step/loss": step_sums[0] / max(step_sums[2], 1), "step/lr": lr}, progress["global_step"])
+        progress["step_in_epoch"] += 1
+        progress["global_step"] += 1
+        self._log_step(epoch, f"loss {sums[0] / sums[2]:.4f} lr {lr:.3g}")
+        if tcfg.ckpt_every_steps and progress["global_step"] % tcfg.ckpt_every_steps == 0:
+            self.checkpoint()
+        if stop.check(progress["global_step"] - self.start["global_step"]) if stop_all is None else stop_all:
+            self.checkpoint()
+            raise ddp.echoed(Interrupted(f"interrupted at epoch {epoch + 1} step {progress['step_in_epoch']}; "
+                                         "checkpoint saved", f"resume: edgevp train --resume {self.s.run.path}"))
+
+    def _local_backward(self, batch, epoch: int) -> tuple[float, int, int]:
+        """Forward/backward of a whole batch in this process; (loss sum, correct, count)."""
+        device, tcfg = self.s.device, self.tcfg
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        with autocast(device, tcfg.amp):
+            logits = self.s.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=tcfg.label_smoothing)
+        if not torch.isfinite(loss):
+            raise _diverged(self.s.run, loss.item(), epoch, self.progress["step_in_epoch"])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        return loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)
+
+    def _log_step(self, epoch: int, info: str) -> None:
+        rep = self.s.rep
+        rep.advance_bar(info)
+        if not rep.tty and self.progress["step_in_epoch"] % self.tcfg.log_every == 0:
+            rep.log(f"epoch {epoch + 1}/{self.tcfg.epochs} step {self.progress['step_in_epoch']}/"
+                    f"{self.steps_per_epoch} {info}")
+
+    def end_epoch(self, epoch: int, t_epoch: float) -> None:
+        """The epoch's record, its evaluation when due (a new best is checkpointed), the last checkpoint."""
+        progress, tcfg = self.progress, self.tcfg
+        sums = progress["train_sums"]
+        record = EpochRecord(epoch=epoch, train_loss=sums[0] / max(sums[2], 1),
+                             train_top1=100.0 * sums[1] / max(sums[2], 1),
+                             lr=lr_at(tcfg, progress["global_step"] - 1, self.steps_per_epoch),
+                             epoch_seconds=round(time.time() - t_epoch, 3))
+        if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
+            val = self.validate(self.s.model)
+            record = record.with_val(val)
+            if val["top1"] > progress["best_top1"]:
+                progress["best_top1"], progress["best_epoch"] = val["top1"], epoch
+                self.ckpt.save_weights("best", epoch, val_top1=val["top1"])
+        progress.update(epoch=epoch + 1, step_in_epoch=0, train_sums=[0.0, 0, 0])
+        self.checkpoint()
+        self.records(record)
+
+    def records(self, record: EpochRecord) -> None:
+        """The epoch's line in metrics.jsonl, its tracker scalars and log line, then the `on_epoch` hook."""
+        line = record.to_json()
+        if self.s.main:
+            self.s.run.append_epoch(record)
+        self.tracker.scalars({f"epoch/{k}": v for k, v in line.items() if k != "epoch"}, self.progress["global_step"])
+        self.s.rep.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in line.items()))
+        if self.on_epoch is not None:  # on rank 0; what it raises stops every rank
+            ddp.on_main(lambda: self.on_epoch(line))
 
 
-def _finish(run: RunDir, cfg: RunConfig, model: PromptedModel, splits: Splits, device: torch.device,
-            progress: dict, rep: Reporter, tracker: tracking.Tracking) -> TrainResult:
+# -- the end: test, records ------------------------------------------------------------------------------------------
+def _finish(s: _Session, progress: dict, tracker: tracking.Tracking) -> TrainResult:
+    """Test the best checkpoint, record what training measured (manifest train_info, trackers), close the stage."""
+    cfg, model, run = s.cfg, s.model, s.run
     state = ddp.on_main(lambda: read_checkpoint(run.checkpoint("best"), cfg)[0])
     model.load_trainable_state(state)
     test = None
-    if splits.test is not None:
-        test = evaluator(splits.test, cfg.data.eval_batch_size or cfg.data.batch_size, device, cfg.train.amp,
+    if s.splits.test is not None:
+        test = evaluator(s.splits.test, cfg.data.eval_batch_size or cfg.data.batch_size, s.device, cfg.train.amp,
                          cfg.data.num_workers)(model)
         best = "the starting tensors" if progress["best_epoch"] < 0 else f"epoch {progress['best_epoch'] + 1}"
-        rep.log(f"test (best: {best}): top1 {test['top1']:.2f} loss {test['loss']:.4f}")
+        s.rep.log(f"test (best: {best}): top1 {test['top1']:.2f} loss {test['loss']:.4f}")
+    info = _train_info(model, len(s.splits.classes), s.device, progress, test)
+    if s.main:
+        run.set_train_info(info)
+        run.set_stage("train", status="completed", seconds=info.train_seconds)
+    tracker.final(cfg, info.metrics())
+    tracker.close()
+    return TrainResult(run.path, cfg.train.epochs, progress["best_epoch"], progress["best_top1"], info.test_top1,
+                       progress["seconds"], model.param_summary(), info.macs)
+
+
+def _train_info(model: PromptedModel, num_classes: int, device: torch.device, progress: dict,
+                test: dict | None) -> TrainInfo:
     params = model.param_summary()
     macs = bare_macs = None
     if model_macs(model.info, 0) is not None:  # analytic MACs per image (ViT, Swin), prompts included, and bare
-        macs = model_macs(model.info, len(splits.classes), model.method.extra_tokens()).total
-        bare_macs = model_macs(model.info, len(splits.classes)).total
-    train_info = {"macs": macs, "bare_macs": bare_macs, "trainable_params": params["trainable"], "total_params": params["total"],
-                  "prompt_params": params["prompt"], "head_params": params["head"],
-                  "train_seconds": round(progress["seconds"], 3), "peak_mem_mib": round(_peak_mem_mib(device), 1),
-                  "best_epoch": progress["best_epoch"], "best_val_top1": progress["best_top1"],
-                  "test_top1": test and test["top1"], "test_loss": test and test["loss"]}
-    if ddp.is_main():
-        run.update_manifest(train_info=train_info)
-        run.set_stage("train", status="completed", seconds=train_info["train_seconds"])
-    tracker.final(cfg, train_info)
-    tracker.close()
-    return TrainResult(run.path, cfg.train.epochs, progress["best_epoch"], progress["best_top1"],
-                       test and test["top1"], progress["seconds"], params, macs)
+        macs = model_macs(model.info, num_classes, model.method.extra_tokens()).total
+        bare_macs = model_macs(model.info, num_classes).total
+    return TrainInfo(macs=macs, bare_macs=bare_macs, trainable_params=params["trainable"],
+                     total_params=params["total"], prompt_params=params["prompt"], head_params=params["head"],
+                     train_seconds=round(progress["seconds"], 3), peak_mem_mib=round(_peak_mem_mib(device), 1),
+                     best_epoch=progress["best_epoch"], best_val_top1=progress["best_top1"],
+                     test_top1=test and test["top1"], test_loss=test and test["loss"])
