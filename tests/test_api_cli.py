@@ -227,3 +227,27 @@ def test_sweep_and_check(tmp_path):
     with pytest.raises(EdgevpError) as e:
         edgevp.check(tmp_path / "sweep", edgevp.CheckOptions())
     assert e.value.exit_code == 6
+
+
+def _passed_keywords(fn, classes: set[str]) -> dict[str, set[str]]:
+    """keyword -> the names its value reads, over every call of `classes` (and `dict`, for `**common`) in `fn`."""
+    import inspect
+    import textwrap
+
+    out: dict[str, set[str]] = {}
+    for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(fn)))):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in classes | {"dict"}:
+            for k in node.keywords:
+                out.setdefault(k.arg, set()).update(n.id for n in ast.walk(k.value) if isinstance(n, ast.Name))
+    return out
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_reaches_its_field(command):
+    """The command hands each option to its own field (`gate_images=gate_images`), so none is silently left at the
+    dataclass default."""
+    classes = [_cls(ref) for ref in COMMANDS[command][1]]
+    passed = _passed_keywords(GROUP.commands[command].callback, {c.__name__ for c in classes})
+    for name in _options(command):
+        if (command, name) not in NOT_FIELDS:
+            assert name in passed.get(name, set()), f"`edgevp {command}` does not pass option {name} to field {name}"
