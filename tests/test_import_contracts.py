@@ -88,6 +88,8 @@ def pristine(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pristine")
     shutil.copytree(PKG, root / "edgevp", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    out = lint(root)
+    assert set(out["kept"]) == CONTRACTS and all(out["kept"].values()), out["metadata"]
     return root
 
 
