@@ -227,7 +227,8 @@ def condense(
     seed: Annotated[int, typer.Option(help="seed of the random ranking / random rewind")] = 0,
 ) -> None:
     """Make trained prompts cheaper: keep the most important ones, remove the rest, fine-tune what is left."""
-    from .condense.api import METHODS, condense as condense_run, parse_fraction, parse_int_list, summary_line
+    from .condense.api import (METHODS, condense as condense_run, default_out, parse_fraction, parse_int_list,
+                               summary_line)
     from .console import Reporter
 
     if method not in METHODS:
@@ -244,8 +245,6 @@ def condense(
         opts = E2VPTPruneOptions(token_budgets=parse_int_list(token_budgets, "--token-budgets"),
                                  segment_budgets=parse_int_list(segment_budgets, "--segment-budgets"), grid=grid,
                                  rewind=rewind, **common)
-    from .condense.api import default_out
-
     out = out or default_out(run, method)
     report = condense_run(run, out, opts, Reporter(quiet=_state["quiet"]))
     from . import distributed
