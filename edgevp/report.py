@@ -13,6 +13,7 @@ from pathlib import Path
 from .errors import ConfigError, IncompatibleError
 from .io import atomic_path, check_writable, staged_dir, write_json, write_text
 from .optional import pyplot
+from .records import TrainInfo, train_info_of
 from .runs import RunDir
 from .sweep.summary import is_sweep, sweep_section
 from .tables import cell, markdown_table
@@ -107,15 +108,14 @@ def summarize(run: Path, profiles: list[dict] | None = None) -> dict:
     rd = RunDir(run)
     m = rd.manifest()
     cfg = rd.config()
-    info = m.get("train_info") or {}
+    info = train_info_of(m, f"'{rd.manifest_path}' train_info") or TrainInfo()
     cond = m.get("condense")
     name = cfg.method + (f"-{cond['method']}" if cond else "")
     row = {"run": run.name, "method": name, "prompts_kept": f"{cond['kept']}/{cond['total']}" if cond else "all",
-           "trainable_params": info.get("trainable_params"), "prompt_params": info.get("prompt_params"),
-           "gmacs": info.get("macs") and info["macs"] / 1e9,
-           "mac_ratio": info.get("macs") and info.get("bare_macs") and info["macs"] / info["bare_macs"],
-           "test_top1": info.get("test_top1"), "val_top1": info.get("best_val_top1"),
-           "train_seconds": info.get("train_seconds")}
+           "trainable_params": info.trainable_params, "prompt_params": info.prompt_params,
+           "gmacs": info.macs and info.macs / 1e9,
+           "mac_ratio": info.macs and info.bare_macs and info.macs / info.bare_macs,
+           "test_top1": info.test_top1, "val_top1": info.best_val_top1, "train_seconds": info.train_seconds}
     row.update(_deployed_top1(run))
     lat = _latency(run, _profiles([run]) if profiles is None else profiles)
     if lat:
@@ -254,6 +254,11 @@ def _run_index(runs: list[Path]) -> dict:
     return index
 
 
+def _run_test_top1(manifest: dict) -> float | None:
+    info = train_info_of(manifest, f"run '{manifest.get('run_id')}' train_info")
+    return info and info.test_top1
+
+
 def summarize_pack(pack: Path, runs: list[Path] = (), profiles: list[dict] = ()) -> dict:
     """One pack: {"pack", "status", "target", "tasks": [row per task], "shared": {cost row}}."""
     pack = Path(pack)
@@ -272,7 +277,7 @@ def summarize_pack(pack: Path, runs: list[Path] = (), profiles: list[dict] = ())
                       "classes": t.get("num_classes", len(classes) if isinstance(classes, list) else None),
                       "top1_pack": par.get("top1_pack"), "top1_own_export": par.get("top1_own_export"),
                       "gate_images": par.get("images"), "max_abs": par.get("max_abs"),
-                      "test_top1": ((hit[1].get("train_info") or {}).get("test_top1") if hit else None)})
+                      "test_top1": _run_test_top1(hit[1]) if hit else None})
         own = run_dir / "export" / "model.onnx" if run_dir else None
         if own is not None and own.is_file():
             separate += own.stat().st_size
@@ -366,69 +371,92 @@ def _write_files(runs: list[Path], packs: list[Path], sweeps: list[Path], found:
     sweep_md = [line for s in sweeps for line in ["", *sweep_section(s, out)]]
     pack_summaries = [summarize_pack(p, runs, [f for f in found if f["_run"] is None]) for p in packs]
     if pack_summaries:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=PACK_COLS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(pack_rows(pack_summaries))
-        write_text(out / "packs.csv", buf.getvalue())
+        write_text(out / "packs.csv", _csv(pack_rows(pack_summaries), PACK_COLS))
         write_json(out / "packs.json", pack_summaries)
-    if not runs:
-        md = ["# edgevp report", *(["", *_pack_section(pack_summaries)] if pack_summaries else []), *sweep_md]
-        write_text(out / "report.md", "\n".join(md) + "\n")
-        return
-    files = []
-    write_json(out / "summary.json", rows)
+    run_md = _write_run_files(runs, rows, out) if runs else []
+    md = ["# edgevp report", *run_md, *(["", *_pack_section(pack_summaries)] if pack_summaries else []), *sweep_md]
+    write_text(out / "report.md", "\n".join(md) + "\n")
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=sorted({k for r in rows for k in r}))
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
-    write_text(out / "summary.csv", buf.getvalue())
+    return buf.getvalue()
+
+
+def _write_run_files(runs: list[Path], rows: list[dict], out: Path) -> list[str]:
+    """The runs' summary (json, csv), Pareto plot, training curves and keep heatmaps; the report's lines on them."""
+    write_json(out / "summary.json", rows)
+    write_text(out / "summary.csv", _csv(rows, sorted({k for r in rows for k in r})))
     plt = pyplot()
-    # Pareto: accuracy vs latency when every run was profiled, else vs analytic MACs
+    use_lat, files = _write_pareto(rows, out, plt)
+    files += _write_curves(runs, rows, out, plt)
+    heatmaps = _copy_heatmaps(runs, out)
+    md = ["", table(rows), "",
+          f"Pareto plot ({'latency' if use_lat else 'analytic MACs'} on x): "
+          + (" · ".join(f"[{f}]({f})" for f in files if f.startswith("pareto"))), "",
+          "Training curves: " + " · ".join(f"[{f}]({f})" for f in files if f.startswith("curves")), ""]
+    if heatmaps:
+        md += ["Keep heatmaps of condensed runs: " + " · ".join(f"[{f}]({f})" for f in heatmaps), ""]
+    return md + [f"![{f}]({f})" for f in files + heatmaps if f.endswith(".png")]
+
+
+def _write_pareto(rows: list[dict], out: Path, plt) -> tuple[bool, list[str]]:
+    """pareto.csv (+ .png with matplotlib): accuracy vs latency when every run was profiled, else vs analytic MACs.
+    Returns whether latency was used and the files written."""
     use_lat = all(r.get("latency_p50_ms") for r in rows)
     xkey, xlabel = ("latency_p50_ms", "p50 latency (ms), batch 1") if use_lat else ("gmacs", "GMACs per image")
-    pts = [(r[xkey], r["test_top1"]) for r in rows if r.get(xkey) is not None and r.get("test_top1") is not None]
     named = [r for r in rows if r.get(xkey) is not None and r.get("test_top1") is not None]
+    pts = [(r[xkey], r["test_top1"]) for r in named]
     front = pareto_front(pts)
     write_text(out / "pareto.csv", "method,run,x,top1,on_front\n" + "".join(
         f"{r['method']},{r['run']},{x},{a},{int(i in front)}\n" for i, (r, (x, a)) in enumerate(zip(named, pts))))
-    files.append("pareto.csv")
-    if plt and pts:
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for i, (r, (x, a)) in enumerate(zip(named, pts)):
-            ax.scatter([x], [a], marker="o", facecolors="C0" if i in front else "none", edgecolors="C0")
-            ax.annotate(r["method"], (x, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        fp = sorted(pts[i] for i in front)
-        ax.plot([p[0] for p in fp], [p[1] for p in fp], "--", color="C1", lw=1, label="Pareto front")
-        ax.set(xlabel=xlabel, ylabel="test top-1 (%)", title="accuracy vs cost (hollow: dominated)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        _savefig(fig, out / "pareto.png")
-        plt.close(fig)
-        files.append("pareto.png")
-    # training curves
-    curve_rows = ["run,epoch,train_loss,val_top1"]
-    for r in runs:
-        for m in RunDir(r).metrics():
-            curve_rows.append(f"{r.name},{m['epoch']},{m.get('train_loss', '')},{m.get('val_top1', '')}")
-    write_text(out / "curves.csv", "\n".join(curve_rows) + "\n")
-    files.append("curves.csv")
-    if plt:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-        for r, row in zip(runs, rows):
-            ms = RunDir(r).metrics()
-            a1.plot([m["epoch"] + 1 for m in ms if "train_loss" in m], [m["train_loss"] for m in ms
-                                                                         if "train_loss" in m], marker=".",
-                    label=row["method"])
-            a2.plot([m["epoch"] + 1 for m in ms if "val_top1" in m], [m["val_top1"] for m in ms if "val_top1" in m],
-                    marker=".", label=row["method"])
-        a1.set(xlabel="epoch", ylabel="train loss")
-        a2.set(xlabel="epoch", ylabel="val top-1 (%)")
-        a2.legend(fontsize=8)
-        fig.tight_layout()
-        _savefig(fig, out / "curves.png")
-        plt.close(fig)
-        files.append("curves.png")
+    if not (plt and pts):
+        return use_lat, ["pareto.csv"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, (r, (x, a)) in enumerate(zip(named, pts)):
+        ax.scatter([x], [a], marker="o", facecolors="C0" if i in front else "none", edgecolors="C0")
+        ax.annotate(r["method"], (x, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    fp = sorted(pts[i] for i in front)
+    ax.plot([p[0] for p in fp], [p[1] for p in fp], "--", color="C1", lw=1, label="Pareto front")
+    ax.set(xlabel=xlabel, ylabel="test top-1 (%)", title="accuracy vs cost (hollow: dominated)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _savefig(fig, out / "pareto.png")
+    plt.close(fig)
+    return use_lat, ["pareto.csv", "pareto.png"]
+
+
+def _write_curves(runs: list[Path], rows: list[dict], out: Path, plt) -> list[str]:
+    """curves.csv (+ .png with matplotlib): each run's train loss and val top-1 per epoch; the files written."""
+    epochs = [RunDir(r).epochs() for r in runs]
+    lines = [f"{r.name},{e.epoch},{_blank(e.train_loss)},{_blank(e.val_top1)}" for r, es in zip(runs, epochs) for e in es]
+    write_text(out / "curves.csv", "\n".join(["run,epoch,train_loss,val_top1", *lines]) + "\n")
+    if not plt:
+        return ["curves.csv"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for es, row in zip(epochs, rows):
+        trained = [e for e in es if e.train_loss is not None]
+        evaluated = [e for e in es if e.val_top1 is not None]
+        a1.plot([e.epoch + 1 for e in trained], [e.train_loss for e in trained], marker=".", label=row["method"])
+        a2.plot([e.epoch + 1 for e in evaluated], [e.val_top1 for e in evaluated], marker=".", label=row["method"])
+    a1.set(xlabel="epoch", ylabel="train loss")
+    a2.set(xlabel="epoch", ylabel="val top-1 (%)")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    _savefig(fig, out / "curves.png")
+    plt.close(fig)
+    return ["curves.csv", "curves.png"]
+
+
+def _blank(value) -> object:
+    return "" if value is None else value
+
+
+def _copy_heatmaps(runs: list[Path], out: Path) -> list[str]:
+    """Condensed runs' keep heatmaps (png, csv) copied into the report; their names."""
     heatmaps = []
     for r in runs:
         for ext in ("png", "csv"):
@@ -437,16 +465,4 @@ def _write_files(runs: list[Path], packs: list[Path], sweeps: list[Path], found:
                 dst = out / f"keep_heatmap-{r.name}.{ext}"
                 shutil.copyfile(src, dst)
                 heatmaps.append(dst.name)
-    md = ["# edgevp report", "", table(rows), "",
-          f"Pareto plot ({'latency' if use_lat else 'analytic MACs'} on x): "
-          + (" · ".join(f"[{f}]({f})" for f in files if f.startswith("pareto"))), "",
-          "Training curves: " + " · ".join(f"[{f}]({f})" for f in files if f.startswith("curves")), ""]
-    if heatmaps:
-        md += ["Keep heatmaps of condensed runs: " + " · ".join(f"[{f}]({f})" for f in heatmaps), ""]
-    for f in files + heatmaps:
-        if f.endswith(".png"):
-            md.append(f"![{f}]({f})")
-    if pack_summaries:
-        md += ["", *_pack_section(pack_summaries)]
-    md += sweep_md
-    write_text(out / "report.md", "\n".join(md) + "\n")
+    return heatmaps
