@@ -32,7 +32,7 @@ from ..io import read_json, write_json
 from ..runtime.feeds import (IDENTITY, IMAGES, TABLES, TABLES_FILE, TASK, check_bound, live_tasks, retired_ids,
                              tables_identity)
 
-TASK_AXIS_FILL = {"head_bias": np.nan}  # a retired id's head: NaN logits; every other task-axis table: zeros
+TASK_AXIS_FILL = {"head_bias": np.nan}  # a retired id's head: NaN logits; its masks -inf, its other rows zeros
 PROBES_PER_TASK = 2
 
 
@@ -80,10 +80,14 @@ def read_pack(out: Path) -> PackState:
 
     sidecar = existing_pack(out)
     settle(out)  # finish a change a crash interrupted after its commit
-    doc = read_json(out / "tasks.json")
     path = tables_path(out / "model.onnx")
-    with np.load(path) as npz:
-        tables = {k: npz[k] for k in npz.files}
+    try:
+        doc = read_json(out / "tasks.json")
+        with np.load(path) as npz:
+            tables = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise IncompatibleError(f"the pack in '{out}' has no readable tasks.json and {path.name}: {e}",
+                                "copy the whole pack folder") from None
     names = table_inputs(sidecar["onnx"])
     check_bound(path, names, tables)
     return PackState(out, sidecar, doc, tables, names)
@@ -156,6 +160,9 @@ def check_reserve(new: dict[str, np.ndarray], state: PackState, run: str, classe
         elif not kv and name not in have:
             raise ConfigError(f"run '{run}' needs a '{name}' table that the pack's graph has no input for",
                               rebuild)
+        elif not kv and any(n > m for n, m in zip(t.shape[1:], have[name].shape[1:])):
+            raise ConfigError(f"run '{run}' needs a '{name}' table of {list(t.shape[1:])}, the pack's graph takes "
+                              f"{list(have[name].shape[1:])}", rebuild)
 
 
 def append_task(tables: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -185,7 +192,7 @@ def retire_tasks(tables: dict[str, np.ndarray], ids: list[int]) -> dict[str, np.
     out = {k: v.copy() for k, v in tables.items()}
     for name in out:
         if _row_tables(name) is None:
-            out[name][ids] = TASK_AXIS_FILL.get(name, 0)
+            out[name][ids] = TASK_AXIS_FILL.get(name, -np.inf if name.endswith("_mask") else 0)
     for b in _blocks(out):
         k, v, m, r = _row_tables(f"kv_row_{b}")
         out[r][ids] = _empty_row(out, b)
