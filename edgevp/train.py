@@ -20,17 +20,17 @@ import torch.nn.functional as F
 
 from . import distributed as ddp
 from . import tracking
-from .checkpoints import load_resume, read_checkpoint, save_checkpoint, save_resume
+from .checkpoints import read_checkpoint
 from .config import RunConfig, TrainConfig, check_epochs
 from .console import Reporter
 from .cost import model_macs
 from .data import EpochSampler, Splits, backbone_transform, load_splits, make_loader
-from .errors import EXIT_INTERRUPTED, DataError, DivergedError, EdgevpError, IncompatibleError
+from .errors import EXIT_INTERRUPTED, DataError, DivergedError, EdgevpError
 from .evaluation import autocast, evaluator, resolve_device
-from .images import check_images, content_sha256, dataset_change
 from .model import build_model, check_model
 from .prompts.base import PromptedModel
 from .records import EpochRecord, TrainInfo
+from .resume import Checkpoints, check_data, read_resume, start_over
 from .runs import RunDir, default_run_name, writer_lock
 
 
@@ -182,60 +182,6 @@ def _mark(run: RunDir, **fields) -> None:
         pass
 
 
-def _start_over(path: Path, overwrite: bool, rep: Reporter | None) -> None:
-    """Let a new run start in `path`: refuse a run with something to keep, clear a failed one without checkpoints."""
-    old = RunDir(path)
-    if not old.manifest_path.exists():
-        return
-    stages = [s for s in old.manifest().get("stages", []) if s.get("name") == "train"] if not overwrite else []
-    # nothing to resume (a run that stopped before its first resume state, a full disk included): started over
-    failed_empty = not old.resume_path.is_file() and (not stages or stages[-1].get("status") != "completed")
-    if not (overwrite or failed_empty):
-        raise IncompatibleError(f"run directory '{path}' already exists",
-                                f"resume it: --resume {path}; or start it over: --overwrite")
-    (rep or Reporter()).log(f"{'overwriting' if overwrite else 'starting again in'} '{path}' "
-                            f"({'--overwrite' if overwrite else 'it failed before its first checkpoint'})")
-    old.clear()
-
-
-def _check_same_data(run: RunDir, splits: Splits) -> None:
-    """Refuse to resume on a dataset whose files changed since the run started (exit 6, saying what changed); files
-    with the same names and sizes but other mtimes (a copy) are compared by content."""
-    before, source = (run.manifest().get("inputs") or {}).get("data") or {}, splits.source
-    what = None
-    if "fingerprint" in before:
-        what = dataset_change(before["fingerprint"], source.get("fingerprint") or {}, splits.files,
-                              source.get("root"))
-    if what is None and "sha256" in before and before["sha256"] != source.get("sha256"):
-        what = "the dataset files' sha256 differ"
-    if what is not None:
-        raise IncompatibleError(f"the dataset of run '{run.path}' changed since it started: {what}",
-                                "restore the data, or start a new run")
-
-
-def _read_resume(path: Path) -> tuple[RunConfig, dict]:
-    """The config and resume state of run `path`."""
-    run = RunDir(path)
-    cfg = run.config()
-    state = load_resume(run)
-    if state is None:
-        raise IncompatibleError(f"run '{run.path}' has no resume state (it stopped before its first checkpoint)",
-                                f"start it again: edgevp train RECIPE -o {run.path} (a run without checkpoints "
-                                "is started over)")
-    return cfg, state
-
-
-def _check_data(path: Path, resuming: bool, splits: Splits, reporter: Reporter | None) -> None:
-    """Before training: the same dataset as the run started on (resume), and every image file decodes."""
-    if resuming:
-        _check_same_data(RunDir(path), splits)
-    if splits.image_paths():  # every image decoded once before the first step (cached by path, size and mtime)
-        checked, cached = check_images(splits.image_paths())
-        (reporter or Reporter()).log(f"checked {checked} images ({cached} unchanged since an earlier check)")
-    if not resuming and "fingerprint" in splits.source:  # what a resume on a copy of the data compares
-        splits.source["fingerprint"]["content_sha256"] = content_sha256(splits.files, splits.source.get("root"))
-
-
 def _diverged(run: RunDir, loss: float, epoch: int, step: int) -> DivergedError:
     kept = "the last checkpoint is kept" if run.checkpoint("last").is_file() else "no checkpoint was written yet"
     return DivergedError(f"loss became {loss} at epoch {epoch + 1} step {step + 1}",
@@ -310,9 +256,9 @@ def _open_run(cfg: RunConfig, path: Path, resuming: bool, overwrite: bool,
     """The config to train and the resume state: a resumed run's own (its backbone and batch checked again before
     the data is read), or `cfg` with no state in a run directory cleared for it."""
     if not resuming:
-        ddp.on_main(lambda: _start_over(path, overwrite, reporter))
+        ddp.on_main(lambda: start_over(path, overwrite, reporter))
         return cfg, None
-    cfg, state = ddp.on_main(lambda: _read_resume(path))
+    cfg, state = ddp.on_main(lambda: read_resume(path))
     check_model(cfg)  # the backbone and its weights are still here, before the data is read again
     ddp.check_batch(cfg.data.batch_size)
     return cfg, state
@@ -325,7 +271,7 @@ def _load_data(cfg: RunConfig, path: Path, resuming: bool, reporter: Reporter | 
     if classes < 2:
         raise ddp.echoed(DataError(f"the train split of '{cfg.data.name}' has {classes} class",
                                    "a classifier needs at least 2 classes: add images of other classes"))
-    ddp.on_main(lambda: _check_data(path, resuming, splits, reporter))
+    ddp.on_main(lambda: check_data(path, resuming, splits, reporter))
     return splits
 
 
@@ -374,52 +320,6 @@ def _ddp_step(model: PromptedModel, batch, optimizer, scaler, reducer: ddp.Gradi
     return loss_sum, correct, count, stop > 0
 
 
-# -- checkpoints and resume ------------------------------------------------------------------------------------------
-def _new_progress() -> dict:
-    """Where a new run starts; a resume state carries its own (the `progress` of RUN/checkpoints/resume.pt)."""
-    return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_top1": -1.0, "best_epoch": -1,
-            "train_sums": [0.0, 0, 0], "seconds": 0.0}
-
-
-class _Checkpoints:
-    """The run's prompt checkpoints and resume state: written by rank 0, restored on every rank."""
-
-    def __init__(self, s: _Session, optimizer: torch.optim.Optimizer):
-        self.s, self.optimizer = s, optimizer
-
-    def restore(self) -> dict:
-        """The progress to start from: a new run's, or the resume state's with the tensors, the optimizer and the RNG
-        restored and metrics.jsonl cut back to the epochs before it."""
-        s, state = self.s, self.s.state
-        if state is None:
-            return _new_progress()
-        s.model.load_trainable_state(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start = state["progress"]
-        if s.main:
-            s.run.keep_epochs_before(start["epoch"])
-        if start["epoch"] >= s.cfg.train.epochs:
-            s.rep.log(f"run '{s.run.path}' already finished its {s.cfg.train.epochs} epochs; nothing left to train")
-        else:
-            s.rep.log(f"resuming at epoch {start['epoch'] + 1} step {start['step_in_epoch']}")
-        return start
-
-    def save_weights(self, which: str, epoch: int, **meta) -> None:
-        """RUN/checkpoints/`which`.safetensors (rank 0)."""
-        if self.s.main:
-            save_checkpoint(self.s.run.checkpoint(which), self.s.model.trainable_state(), self.s.cfg,
-                            num_classes=len(self.s.splits.classes), epoch=epoch, **meta)
-
-    def save_last(self, progress: dict) -> None:
-        """The last checkpoint and the resume state at `progress` (rank 0)."""
-        if not self.s.main:
-            return
-        self.save_weights("last", progress["epoch"])
-        save_resume(self.s.run, {"model": self.s.model.trainable_state(), "optimizer": self.optimizer.state_dict(),
-                                 "torch_rng": torch.get_rng_state(), "progress": dict(progress)})
-
-
 # -- the loop ----------------------------------------------------------------------------------------------------------
 class _Trainer:
     """The epochs of one process: its steps (alone or data-parallel), evaluation, checkpoints and records."""
@@ -431,8 +331,8 @@ class _Trainer:
         self.reducer, scale_out = _data_parallel(s.model, self.bs, s.rep)
         if s.main:  # from here on a failure is recorded
             s.run.set_stage("train", status="running", device=str(s.device), **scale_out)
-        self.ckpt = _Checkpoints(s, self.optimizer)
-        self.start = self.ckpt.restore()
+        self.ckpt = Checkpoints(s.run, s.cfg, s.model, len(s.splits.classes), self.optimizer, s.main)
+        self.start = self.ckpt.restore(s.state, s.rep)
         self.ebs = s.cfg.data.eval_batch_size or self.bs
         self.steps_per_epoch = math.ceil(len(s.splits.train) / self.bs)
         self.validate = evaluator(s.splits.val, self.ebs, s.device, self.tcfg.amp, s.cfg.data.num_workers)
