@@ -245,3 +245,12 @@ def test_the_device_keeps_the_tables_resident_and_routes_a_mixed_batch(added, mo
     assert np.isnan(mixed[0][6]).all() and not np.isnan(np.delete(mixed[0], 6, axis=0)).any()
     assert [p[0] for p in served.predict(X[:3], task[:3])] == [2, 0, 1]
     assert served.classes(2) == [str(i) for i in range(10)]
+
+
+def test_remove_needs_no_torch(added, tmp_path, no_torch_env):
+    """A remove runs on the device itself: numpy and ONNX Runtime, no training stack."""
+    pack = shutil.copytree(added[0], tmp_path / "pack")
+    r = subprocess.run([sys.executable, "-m", "edgevp", "pack", "--remove", "2", str(pack)], env=no_torch_env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _ids(pack) == ([0, 1], [2]) and (pack / "model.onnx").read_bytes() == (added[0] / "model.onnx").read_bytes()

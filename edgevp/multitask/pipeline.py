@@ -26,7 +26,6 @@ from ..optional import optional
 from ..io import sha256_file, write_json
 from ..runtime.feeds import IDENTITY, tables_identity
 from .edit import existing_pack, table_inputs
-from .tables import PAD_LOGIT
 
 TARGETS = ("onnx", "ort-fp16", "trt-fp32", "trt-fp16")
 
@@ -183,6 +182,8 @@ def _reserve_classes(tables, max_classes: int) -> None:
     """Widen the head tables to `max_classes` columns (zero weights, PAD_LOGIT biases), so wider tasks fit later."""
     import torch
 
+    from .tables import PAD_LOGIT
+
     t, c, d = tables.head_weight.shape
     if max_classes > c:
         tables.head_weight = torch.cat([tables.head_weight, torch.zeros(t, max_classes - c, d)], dim=1)
@@ -288,6 +289,8 @@ def _write_tasks(folder: Path, task_list: list[dict], names: list[str], flat: di
     """`tasks.json` in `folder`; with tables as inputs it records their identity (`feeds.tables_identity`), which
     binds `tables.npz` to this pack. Returns the identity (None for constant tables)."""
     identity = tables_identity(names, task_list, flat) if flat else None
+    from .tables import PAD_LOGIT
+
     write_json(folder / "tasks.json", {"tasks": task_list, "pad_logit": PAD_LOGIT,
                                        "out_of_range_task": "NaN logits for that sample",
                                        **({IDENTITY: identity} if identity else {})})
@@ -311,7 +314,7 @@ def update_tables(tasks: list[Task], out: Path, existing: dict, opts: PackOption
     from ..runs import now
     from .edit import commit, read_pack
     from .gate import gate_pack
-    from .tables import PackTables, fit_to_capacity
+    from .tables import PAD_LOGIT, PackTables, fit_to_capacity
 
     state = read_pack(out)
     if state.doc.get("retired"):
