@@ -254,3 +254,20 @@ def test_remove_needs_no_torch(added, tmp_path, no_torch_env):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert _ids(pack) == ([0, 1], [2]) and (pack / "model.onnx").read_bytes() == (added[0] / "model.onnx").read_bytes()
+
+
+def test_add_to_a_pack_with_fp16_tables_keeps_them_fp16_and_uses_the_precision_gate(runs, tmp_path):
+    pack = tmp_path / "half"
+    loose = ["--min-agreement", "0.5", "--gate-confidence", "0.6", "--max-drop", "50"]  # 8 images: bounds are loose
+    r = _cli("pack", runs / "vpt", runs / "lorvp", "-o", pack, "--tables-as-inputs", "--table-dtype", "float16",
+             "--kv-capacity", "3", *GATE, *loose)
+    assert r.exit_code == 0, r.output
+    graph, others = (pack / "model.onnx").read_bytes(), _logits(pack, X, np.arange(len(X)) % 2)
+    r = _cli("pack", "--add", runs / "vpt3", pack, *GATE, *loose)
+    assert "added task 2 vpt3" in _one_line(r, 0)
+    assert (pack / "model.onnx").read_bytes() == graph
+    assert np.array_equal(_logits(pack, X, np.arange(len(X)) % 2), others)
+    with np.load(pack / "tables.npz") as npz:
+        assert npz["head_weight"].dtype == np.float16 and npz["kv_key_0"].dtype == np.float16
+    rec = json.loads((pack / "pack.json").read_text())["parity"]["per_task"][-1]
+    assert rec["task"] == 2 and rec["fp16_tables"]["failed"] is None and rec["fp16_tables"]["min_agreement"] == 0.5

@@ -227,9 +227,12 @@ def others_unchanged(sess, old: dict, new: dict, ids: list[int], include_preproc
 
 
 def gate_added(sess, out: Path, task, task_id: int, reference: Path, new: dict, others: list[int], opts) -> dict:
-    """The added task through the pack vs its own export on its gate images, alone and in a shuffled mixed batch."""
+    """The added task through the pack vs its own export on its gate images, alone and in a shuffled mixed batch.
+    With fp16 tables (`--table-dtype float16`) the task passes the precision gate against its own export instead of
+    `atol`, as in a new pack (gate.py); the mixed batch must still equal the per-sample results."""
     from ..export.onnx import compare, run_ort
     from ..export.onnx import session as ort_session
+    from ..export.precision import precision_gate
     from .gate import _normalised, task_images
     from .graph import run_pack
 
@@ -238,6 +241,10 @@ def gate_added(sess, out: Path, task, task_id: int, reference: Path, new: dict, 
     ref = run_ort(ort_session(reference), x, 8)
     got = run_pack(sess, x, np.full(len(x), task_id), new)
     rep = compare(ref, got[:, :ref.shape[1]])
+    fp16 = getattr(opts, "table_dtype", "float32") == "float16"
+    if fp16:
+        rep["fp16_tables"] = precision_gate(ref, got[:, :ref.shape[1]], y, opts.max_drop, opts.min_agreement,
+                                            opts.gate_confidence)
     m = len(y)
     rep.update(task=task_id, run=task.run.name, labelled_images=m,
                top1_pack=float((got[:m].argmax(1) == y).mean() * 100),
@@ -249,9 +256,12 @@ def gate_added(sess, out: Path, task, task_id: int, reference: Path, new: dict, 
     single = np.concatenate([got, run_pack(sess, xp, probe_ids, new)])
     order = np.random.default_rng(0).permutation(len(x_all))
     mixed = compare(single[order], run_pack(sess, x_all[order], t_all[order], new))
-    ok = (rep["max_abs"] <= opts.atol and rep["top1_agreement"] == 1.0 and mixed["max_abs"] <= opts.atol
-          and mixed["top1_agreement"] == 1.0)
-    if not ok:
+    alone_ok = not rep["fp16_tables"]["failed"] if fp16 else rep["max_abs"] <= opts.atol and \
+        rep["top1_agreement"] == 1.0
+    if fp16 and not alone_ok:
+        raise VerificationError(f"run '{task.run}' with fp16 tables vs its own export: {rep['fp16_tables']['failed']}",
+                                f"'{out}' is unchanged")
+    if not (alone_ok and mixed["max_abs"] <= opts.atol and mixed["top1_agreement"] == 1.0):
         raise VerificationError(f"run '{task.run}' through the pack differs from its own export: max abs "
                                 f"{rep['max_abs']:.3g}, mixed batch {mixed['max_abs']:.3g} (tolerance {opts.atol:g})",
                                 f"'{out}' is unchanged")
@@ -330,8 +340,10 @@ def add_tasks(runs: list[str | Path], pack: str | Path, opts=None) -> dict:
                               f"--max-tasks {state.slots + len(runs)}")
         tasks = load_tasks([Path(r) for r in runs], opts.checkpoint)
         _check_foreign(tasks, state, opts.checkpoint)
+        packed = state.sidecar["options"]
         opts = PackOptions(**{**asdict(opts), "tables_as_inputs": True, "kv_capacity": 0, "max_classes": 0,
-                              "include_preprocess": state.sidecar["options"]["include_preprocess"]})
+                              "include_preprocess": packed["include_preprocess"],
+                              "table_dtype": packed.get("table_dtype", "float32")})
         return _add(tasks, state, opts)
 
 
