@@ -204,3 +204,10 @@ def test_a_head_that_fp16_cannot_hold_fails_the_fp16_table_gate(runs, tmp_path):
                             "--gate-images", "16"])
     assert r.exit_code == 3 and "with fp16 tables vs its own export: top-1 agreement" in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_fp16_tables_with_an_fp16_target_are_refused_before_any_work(tmp_path):
+    r = runner.invoke(app, ["pack", str(tmp_path / "never_read"), "-o", str(tmp_path / "out"), "--target", "ort-fp16",
+                            "--table-dtype", "float16"])
+    assert r.exit_code == 2 and "--table-dtype float16 is for the fp32 targets" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -65,6 +65,9 @@ class PackOptions:
             raise ConfigError("--add, --remove and --update-tables are separate edits of a pack: give one")
         if self.atol < 0 or self.max_drop < 0:
             raise ConfigError("atol and max_drop must be >= 0")
+        if self.table_dtype == "float16" and self.target.endswith("fp16"):
+            raise ConfigError(f"--table-dtype float16 is for the fp32 targets (onnx, trt-fp32): --target {self.target} "
+                              "converts the whole graph to fp16 itself", "drop --table-dtype, or use an fp32 target")
         from ..export.pipeline import check_gate, platform_opset
 
         check_gate(self)
