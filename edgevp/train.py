@@ -1,5 +1,9 @@
 """Training: `fit` runs the training loop with `evaluate` after each epoch, checkpointing so that an interrupted run resumes
-to the same result (data order, augmentation and dropout are all functions of the seed and the step)."""
+to the same result (data order, augmentation and dropout are all functions of the seed and the step).
+
+Its seams: `_setup` (config, seeds, data, model, run directory), `_data_parallel`/`_ddp_step` (torchrun), the
+checkpoint/resume side in `resume.py`, `_Trainer` (epochs and steps; each epoch's `records.EpochRecord` goes to
+metrics.jsonl, the trackers, the log and `on_epoch`) and `_finish` (the test and `records.TrainInfo`)."""
 from __future__ import annotations
 
 import contextlib
