@@ -271,3 +271,14 @@ def test_add_to_a_pack_with_fp16_tables_keeps_them_fp16_and_uses_the_precision_g
         assert npz["head_weight"].dtype == np.float16 and npz["kv_key_0"].dtype == np.float16
     rec = json.loads((pack / "pack.json").read_text())["parity"]["per_task"][-1]
     assert rec["task"] == 2 and rec["fp16_tables"]["failed"] is None and rec["fp16_tables"]["min_agreement"] == 0.5
+
+
+def test_an_edit_while_another_writes_the_pack_exits_8(added, tmp_path):
+    from edgevp.errors import EXIT_BUSY
+    from edgevp.runs import writer_lock
+
+    pack = shutil.copytree(added[0], tmp_path / "pack")
+    before = _files(pack)
+    with writer_lock(pack):
+        assert "being written by another edgevp process" in _one_line(_cli("pack", "--remove", "1", pack), EXIT_BUSY)
+    assert _files(pack) == before
