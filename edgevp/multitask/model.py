@@ -57,6 +57,8 @@ class PackedModel(nn.Module):
         self.pos_delta = tables.pos_delta is not None
         self.input_bias = tables.input_bias is not None
         self.tokens = tables.tokens is not None
+        # tasks whose shallow tokens all fill the table need no token mask (constant tables only)
+        self.tokens_masked = self.tokens and (tables_as_inputs or bool(torch.isinf(tables.token_mask).any()))
         self.tables_as_inputs = tables_as_inputs
         # a block whose tasks all have the same number of columns needs no padding mask (constant tables only)
         self.masked_blocks = {b for b, (_, _, m, _) in tables.kv.items()
@@ -104,8 +106,9 @@ class PackedModel(nn.Module):
         if self.tokens:  # after the prefix, before block 0 (as VPT-shallow inserts them); a mask over the sequence
             tokens, n = tb["prompt_tokens"][t].to(x.dtype), tb["prompt_tokens"].shape[1]
             x = torch.cat([x[:, :p], tokens, x[:, p:]], dim=1)
-            zeros = x[:, :, 0] * 0.0  # (B, p + n + N) zeros derived from x: no constant-of-shape node
-            seq_mask = torch.cat([zeros[:, :p], tb["prompt_token_mask"][t].to(x.dtype), zeros[:, p + n:]], dim=1)
+            if self.tokens_masked:
+                zeros = x[:, :, 0] * 0.0  # (B, p + n + N) zeros derived from x: no constant-of-shape node
+                seq_mask = torch.cat([zeros[:, :p], tb["prompt_token_mask"][t].to(x.dtype), zeros[:, p + n:]], dim=1)
         for i, block in enumerate(bb.blocks):
             if i in self.kv_blocks:
                 x = self._kv_block(block, x, i, t, tb, seq_mask)
