@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..export.fold import pos_embed_delta
 from ..prompts.base import PromptedModel
-from ..prompts.swin import transformer_blocks
+from ..prompts.swin import is_swin, transformer_blocks
 
 PAD_LOGIT = -1.0e4  # logits of a task's unused class columns; representable in fp16
 MASKS = ("kv_mask_", "prompt_token_mask")  # tables of 0 / -inf added to attention logits (padding is -inf)
@@ -107,7 +107,7 @@ def task_fold(model: PromptedModel, backbone: nn.Module) -> TaskFold:
 
 def _blocks(backbone: nn.Module) -> list[nn.Module]:
     """The transformer blocks of a ViT or of every Swin stage; none for other backbones (heads and pixels only)."""
-    return transformer_blocks(backbone) if hasattr(backbone, "blocks") or hasattr(backbone, "layers") else []
+    return transformer_blocks(backbone) if is_swin(backbone) or hasattr(backbone, "blocks") else []
 
 
 def stack_tables(folds: list[TaskFold], backbone: nn.Module, std: torch.Tensor, reserve: bool = False,
