@@ -5,9 +5,9 @@ A task contributes what its method's `fold` returns (`FoldedPrompts`) plus its h
   per-task bias on the normalised input (T, 3, H, W);
 - per-block constant keys/values (blocks of a ViT, or of every stage of a Swin) become (R, heads, n_max, head_dim)
   tables with one row per task that has keys/values in that block, plus one empty row shared by the tasks that have
-  none, and a (T,) row index per task (so a pixel-only or linear task costs no key/value storage); a row with fewer columns (condensed runs keep different counts per
-  layer) is zero-padded and its padded columns get -inf in an (R, n_max) mask added to the attention logits, so their
-  softmax weight is exactly 0;
+  none, and a (T,) row index per task (so a pixel-only or linear task costs no key/value storage); a row with fewer
+  columns (condensed runs keep different counts per layer) is zero-padded and its padded columns get -inf in an
+  (R, n_max) mask added to the attention logits, so their softmax weight is exactly 0;
 - the head becomes (T, C_max, D) weights and (T, C_max) biases; a label mapping onto the pretrained classifier is
   the classifier's rows in mapped order; a task with fewer classes has zero weights and bias `PAD_LOGIT` in its
   unused columns;
