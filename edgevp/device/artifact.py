@@ -117,13 +117,10 @@ def open_artifact(path: str | Path, task: int | None = None, size: tuple[int, in
 def _open_onnx(p: Path, task: int | None) -> Artifact:
     from ..runtime import feeds
 
-    ort = require("onnxruntime", "running an ONNX artifact", "pip install onnxruntime (onnxruntime-gpu on a GPU)")
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ORT raises its own types for unreadable models
-        raise IncompatibleError(f"ONNX Runtime cannot load '{p}': {str(e).splitlines()[0][:200]}") from None
+    from ..runtime.sessions import open_session
+
+    sess = open_session(p, purpose="running an ONNX artifact",
+                        hint="pip install onnxruntime (onnxruntime-gpu on a GPU)")
     meta = dict(sess.get_modelmeta().custom_metadata_map)
     inputs = sess.get_inputs()
     data = _json(meta.get("data_config"))

@@ -99,12 +99,9 @@ def open_pack(path: str | Path, providers: list[str] | None = None) -> ResidentP
     """An ONNX Runtime session of the pack at `path` (its model.onnx or its directory) with its tables resident."""
     from .artifact import resolve
 
-    ort = require("onnxruntime", "running an ONNX pack", "pip install onnxruntime (onnxruntime-gpu on a GPU)")
+    from ..runtime.sessions import open_session
+
     p = resolve(path)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(p), so, providers=providers or ["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ORT raises its own types for unreadable models
-        raise IncompatibleError(f"ONNX Runtime cannot load '{p}': {str(e).splitlines()[0][:200]}") from None
+    sess = open_session(p, providers=providers, purpose="running an ONNX pack",
+                        hint="pip install onnxruntime (onnxruntime-gpu on a GPU)")
     return ResidentPack(sess, p)

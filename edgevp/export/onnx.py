@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from ..conformance.graph import for_tensorrt
-from ..errors import MissingError
 from .targets import register_target
 
 INPUT, OUTPUT = "input", "logits"
@@ -120,15 +119,9 @@ def set_metadata(path: Path, props: dict[str, str]) -> None:
 
 
 def session(path: Path, threads: int | None = None):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MissingError("checking an ONNX export needs onnxruntime", "pip install 'edgevp[onnx]'") from None
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    from ..runtime.sessions import open_session
+
+    return open_session(path, threads=threads, purpose="checking an ONNX export", hint="pip install 'edgevp[onnx]'")
 
 
 def run_ort(sess, x: np.ndarray, batch: int) -> np.ndarray:

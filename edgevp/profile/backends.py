@@ -8,8 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ConfigError, IncompatibleError, MissingError
-from ..optional import require
+from ..errors import ConfigError, MissingError
 from .trt_runtime import TrtEngineRunner, check_sidecar  # noqa: F401 (check_sidecar: re-exported)
 
 ORT_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -32,22 +31,17 @@ def _input_shape(dims, batch: int) -> list[int]:
 
 def prepare_ort(path: str | Path, batch: int, device: str = "cpu", threads: int | None = None):
     """An ONNX Runtime session on the requested execution provider; refuses one that silently fell back."""
-    ort = require("onnxruntime", "the ort backend", "pip install 'edgevp[onnx]', or onnxruntime-gpu on a CUDA machine")
+    from ..runtime.sessions import onnxruntime, open_session
+
+    ort = onnxruntime("the ort backend", "pip install 'edgevp[onnx]', or onnxruntime-gpu on a CUDA machine")
     wanted = ORT_PROVIDERS.get(device)
     if wanted is None:
         raise ConfigError(f"unknown ort device '{device}'", "choose cpu, cuda or tensorrt")
     if wanted[0] not in ort.get_available_providers():
         raise MissingError(f"ONNX Runtime here has no {wanted[0]}", "install onnxruntime-gpu on a CUDA machine")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        sess = ort.InferenceSession(str(path).partition("#task=")[0], opts, providers=wanted)
-    except Exception as e:  # ORT raises its own exception types for unreadable models
-        raise IncompatibleError(f"ONNX Runtime cannot load '{path}': {str(e).splitlines()[0][:200]}") from None
+    # the measurement options: every graph optimisation, threads that do not spin between runs
+    sess = open_session(str(path).partition("#task=")[0], providers=wanted, threads=threads, optimization="all",
+                        spinning=False, log_severity=2)
     got = sess.get_providers()
     if got[0] != wanted[0]:  # the session fell back: numbers would be for the wrong device
         raise MissingError(f"asked for {wanted[0]} but the session runs on {got[0]}")

@@ -72,7 +72,9 @@ def _shapes_by_running(model, names: set[str]) -> dict[str, list[int]]:
     known = {o.name for o in m.graph.output}
     for n in sorted(names - known):
         m.graph.output.append(onnx.ValueInfoProto(name=n))
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    from ..runtime.sessions import open_session
+
+    sess = open_session(m.SerializeToString(), log_severity=2)
     feed = {}
     for i in sess.get_inputs():
         shape = [d if isinstance(d, int) else 1 for d in i.shape]
