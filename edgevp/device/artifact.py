@@ -180,7 +180,7 @@ def engine_sidecar(p: Path) -> dict:
 
 
 def _open_engine(p: Path) -> Artifact:
-    from ..profile.device import compute_capability, gpu_name
+    from ..runtime.gpu import compute_capability, gpu_name
     from ..profile.trt_runtime import TrtEngineRunner, check_sidecar
 
     meta = engine_sidecar(p)

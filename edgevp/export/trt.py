@@ -35,16 +35,20 @@ def _trt():
 
 
 def gpu() -> tuple[str, str] | None:
-    """(name, compute capability) of CUDA device 0, or None."""
+    """(name, compute capability) of CUDA device 0, or None. Name and capability come from the runtime's probe,
+    the one the device and `edgevp profile` compare an engine's file name and sidecar with; PyTorch's answer only
+    where the probe has none."""
     import torch
 
     if not torch.cuda.is_available():
         return None
-    from ..profile.device import gpu_name
+    from ..runtime.gpu import compute_capability, gpu_name
 
-    major, minor = torch.cuda.get_device_capability(0)
-    # the name `edgevp profile` compares an engine's sidecar with (nvidia-smi / the Jetson board name)
-    return gpu_name() or torch.cuda.get_device_name(0), f"{major}.{minor}"
+    cc = compute_capability()
+    if cc is None:
+        major, minor = torch.cuda.get_device_capability(0)
+        cc = f"{major}.{minor}"
+    return gpu_name() or torch.cuda.get_device_name(0), cc
 
 
 def engine_logits(engine_path: Path, x: np.ndarray, batch: int) -> np.ndarray:

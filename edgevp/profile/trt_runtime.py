@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError, IncompatibleError, MissingError
 from ..optional import require
-from .device import gpu_name
+from ..runtime.gpu import gpu_name
 
 _H2D, _D2H = 1, 2
 

@@ -12,7 +12,7 @@ EDGEVP = Path(__file__).resolve().parents[2] / "edgevp"
 
 
 def _tiny_onnx(dtype: str = "float32") -> bytes:
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     t = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}[dtype]
@@ -99,3 +99,82 @@ def test_profiler_measures_with_its_own_options(monkeypatch, tmp_path):
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert (so.intra_op_num_threads, so.inter_op_num_threads) == (3, 1)
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one GPU / Jetson probe
+# --------------------------------------------------------------------------------------------------------------
+
+def _fake_smi(tmp_path, monkeypatch, name: str | None, cap: str | None):
+    """A fake nvidia-smi on PATH (alone: PATH holds nothing else) answering the name and compute_cap queries."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    if name is not None:
+        smi = bin_ / "nvidia-smi"
+        smi.write_text(f'#!/bin/sh\ncase "$1" in\n  *=name) echo "{name}" ;;\n  *=compute_cap) echo "{cap or ""}" ;;\n'
+                       '  *) echo "1980 MHz, 1980 MHz, P0, 550.54" ;;\nesac\n')
+        smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_))
+
+
+def _fake_jetson(root: Path, soc: str = "tegra234") -> Path:
+    (root / "proc/device-tree").mkdir(parents=True)
+    (root / "proc/device-tree/model").write_text("NVIDIA Jetson Orin Nano Developer Kit\x00")
+    (root / "proc/device-tree/compatible").write_text(f"nvidia,p3768-0000\x00nvidia,{soc}\x00")
+    (root / "etc").mkdir()
+    (root / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 3.0\nmore\n")
+    return root
+
+
+def test_gpu_probe_on_a_discrete_gpu(tmp_path, monkeypatch):
+    from edgevp.runtime import gpu
+
+    _fake_smi(tmp_path, monkeypatch, "NVIDIA H200", "9.0")
+    root = tmp_path / "root"
+    root.mkdir()
+    assert gpu.gpu_name(root) == "NVIDIA H200" and gpu.compute_capability(root) == "9.0"
+    assert gpu.cuda_present(root) and gpu.jetson_model(root) is None and gpu.jetson_state(root) is None
+    assert gpu.gpu_clocks().endswith("550.54")
+
+
+def test_gpu_probe_on_a_jetson_without_nvidia_smi(tmp_path, monkeypatch):
+    from edgevp.runtime import gpu
+
+    _fake_smi(tmp_path, monkeypatch, None, None)
+    root = _fake_jetson(tmp_path / "root")
+    assert gpu.gpu_name(root) == "NVIDIA Jetson Orin Nano Developer Kit"
+    assert gpu.compute_capability(root) == "8.7" and gpu.cuda_present(root)
+    assert gpu.l4t_release(root) == "# R36 (release), REVISION: 3.0"
+    assert gpu.jetson_state(root)["l4t"] == "# R36 (release), REVISION: 3.0"
+    (root / "proc/device-tree/compatible").write_text("nvidia,tegra194\x00")
+    assert gpu.compute_capability(root) == "7.2"
+
+
+def test_gpu_probe_on_a_jetson_whose_nvidia_smi_has_no_compute_cap(tmp_path, monkeypatch):
+    from edgevp.runtime import gpu
+
+    _fake_smi(tmp_path, monkeypatch, "Orin (nvgpu)", "[N/A]")
+    root = _fake_jetson(tmp_path / "root")
+    assert gpu.gpu_name(root) == "Orin (nvgpu)" and gpu.compute_capability(root) == "8.7"
+
+
+def test_gpu_probe_without_a_gpu(tmp_path, monkeypatch):
+    from edgevp.runtime import gpu
+
+    _fake_smi(tmp_path, monkeypatch, None, None)
+    root = tmp_path / "root"
+    root.mkdir()
+    assert (gpu.gpu_name(root), gpu.compute_capability(root), gpu.cuda_present(root)) == (None, None, False)
+    (root / "proc/driver/nvidia").mkdir(parents=True)
+    (root / "proc/driver/nvidia/version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54\n")
+    assert gpu.cuda_present(root)
+
+
+def test_one_gpu_probe():
+    """Only the runtime probes the GPU: no other module of edgevp/ runs nvidia-smi or reads the Jetson's files
+    (export/bundle.py writes build_engine.sh, a shell script for a device without edgevp, which keeps its copy;
+    export/trt.py asks PyTorch only where the probe has no answer, e.g. a container without nvidia-smi)."""
+    pattern = re.compile(r"nvidia-smi|/proc/device-tree|nv_tegra_release|get_device_capability")
+    offenders = sorted(str(p.relative_to(EDGEVP)) for p in EDGEVP.rglob("*.py")
+                       if p.parent.name != "runtime" and pattern.search(p.read_text()))
+    assert offenders == ["export/bundle.py", "export/trt.py"]
