@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ConfigError, IncompatibleError
 from ..optional import optional, require
+from ..runtime.sidecar import precision_of
 from .formats import check_engine_name
 from .preprocess import Preprocess
 
@@ -46,10 +47,6 @@ class Artifact:
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "precision": self.precision, "task": self.task,
                 "classes": None if self.classes is None else len(self.classes), "preprocessing": self.pre.to_dict()}
-
-
-def _precision_from_name(name: str) -> str:
-    return "int8" if ".int8." in name else "fp16" if ".fp16." in name else "fp32"
 
 
 def resolve(path: str | Path) -> Path:
@@ -132,7 +129,7 @@ def _open_onnx(p: Path, task: int | None) -> Artifact:
         return _open_pack(p, sess, task, meta, pre, info, max_batch)
     name = inputs[0].name
     classes = _json(meta.get("class_names"))
-    return Artifact(p, "onnx", _precision_from_name(p.name), pre, classes if isinstance(classes, list) else None,
+    return Artifact(p, "onnx", precision_of(p, input_type=inputs[0].type), pre, classes if isinstance(classes, list) else None,
                     info, max_batch, None, lambda x: sess.run(None, {name: x})[0])
 
 
@@ -156,7 +153,7 @@ def _open_pack(p: Path, sess, task: int | None, meta: dict, pre, info: dict, max
         return pack.run(x, np.full(len(x), task, np.int64))[:, :k]
 
     info.update(pack_task=pack.tasks[task], tasks=n)
-    return Artifact(p, "pack", _precision_from_name(p.name), pre, classes, info, max_batch, task, run)
+    return Artifact(p, "pack", precision_of(p, input_type=sess.get_inputs()[0].type), pre, classes, info, max_batch, task, run)
 
 
 def _json(text):
@@ -198,5 +195,5 @@ def _open_engine(p: Path) -> Artifact:
     runner = TrtEngineRunner(p, hi if lo == hi else hi)
     info = {k: meta[k] for k in ("method", "backbone", "source_run", "source_checkpoint_sha256", "tensorrt_version",
                                  "gpu") if k in meta}
-    return Artifact(p, "engine", meta.get("precision", _precision_from_name(p.name)), pre,
+    return Artifact(p, "engine", precision_of(p, meta), pre,
                     classes if isinstance(classes, list) else None, info, hi, None, runner.run, runner.close)

@@ -18,6 +18,7 @@ from ..config import check_options
 from ..errors import ConfigError, MissingError, VerificationError
 from ..io import sha256_file as sha256, write_json
 from ..runs import writer_lock
+from ..runtime.sidecar import target_precision
 from .targets import get_target
 
 
@@ -216,7 +217,8 @@ def _build_and_install(run, cfg, model, deploy, header, opts: ExportOptions, out
         status = result.get("status", "ok")
         if test_split is not None and status != "failed" and TEST_FILE not in result["files"]:
             result = {**result, "files": [*result["files"], TEST_FILE], "test_split": test_split}
-        sidecar = {"status": status, "target": target.name, "created_at": now(), "source_run": run.path.name,
+        sidecar = {"status": status, "target": target.name, "precision": target_precision(target.name),
+                   "created_at": now(), "source_run": run.path.name,
                    "source_checkpoint": opts.checkpoint, "source_checkpoint_sha256": ctx.checkpoint_sha256,
                    "method": cfg.method, "backbone": cfg.backbone.name, "options": _jsonable(asdict(opts)),
                    "fold": fold.to_dict(), **{k: v for k, v in result.items() if k != "files"}}

@@ -25,6 +25,7 @@ from ..errors import ConfigError, MissingError, VerificationError
 from ..optional import optional
 from ..io import sha256_file, write_json
 from ..runtime.feeds import IDENTITY, tables_identity
+from ..runtime.sidecar import target_precision
 from .edit import existing_pack, table_inputs
 
 TARGETS = ("onnx", "ort-fp16", "trt-fp32", "trt-fp16")
@@ -273,7 +274,8 @@ def _pack_into(tasks: list[Task], out: Path, opts: PackOptions) -> dict:
                 files = [write_trt_bundle(work, files, tasks, opts, gate)]
                 gate = gate_bundle(work / files[0], gate)  # every file against the device tools' rules
             status = gate["status"]
-            sidecar = {"status": status, "kind": "pack", "target": opts.target, "created_at": now(),
+            sidecar = {"status": status, "kind": "pack", "target": opts.target,
+                       "precision": target_precision(opts.target), "created_at": now(),
                        "edgevp_version": __version__, "backbone_sha256": tasks[0].fingerprint, "tasks": task_list,
                        IDENTITY: identity, "fold": fold, "onnx": onnx_meta, "shared": task_facts(tasks[0]),
                        "capacity": capacity_record(tasks, opts),

@@ -32,6 +32,7 @@ def _input_shape(dims, batch: int) -> list[int]:
 def prepare_ort(path: str | Path, batch: int, device: str = "cpu", threads: int | None = None):
     """An ONNX Runtime session on the requested execution provider; refuses one that silently fell back."""
     from ..runtime.sessions import onnxruntime, open_session
+    from ..runtime.sidecar import precision_of
 
     ort = onnxruntime("the ort backend", "pip install 'edgevp[onnx]', or onnxruntime-gpu on a CUDA machine")
     wanted = ORT_PROVIDERS.get(device)
@@ -50,7 +51,8 @@ def prepare_ort(path: str | Path, batch: int, device: str = "cpu", threads: int 
     x = np.random.default_rng(0).random(_input_shape(inp.shape, batch), dtype=np.float32)
     feed = {inp.name: x, **_pack_inputs(sess, path, batch, task or "mixed")}
     conditions = {"backend": "ort", "device": device, "providers": got, "threads": threads,
-                  "ort_version": ort.__version__, "input_shape": list(x.shape), "precision": _onnx_precision(sess)}
+                  "ort_version": ort.__version__, "input_shape": list(x.shape),
+                  "precision": precision_of(path, input_type=inp.type)}
     return (lambda: sess.run(None, feed)), None, conditions
 
 
@@ -64,11 +66,6 @@ def _pack_inputs(sess, path: str, batch: int, task: str) -> dict:
     tables = feeds.load_tables(path, {i.name: i.shape for i in sess.get_inputs()})
     n = feeds.num_tasks(path, tables, sess.get_modelmeta().custom_metadata_map)
     return {feeds.TASK: feeds.task_ids(task, batch, n), **tables}
-
-
-def _onnx_precision(sess) -> str:
-    t = sess.get_inputs()[0].type
-    return "fp16" if "float16" in t else "fp32"
 
 
 def prepare_trt(engine: str | Path, batch: int):

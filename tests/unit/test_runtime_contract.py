@@ -178,3 +178,75 @@ def test_one_gpu_probe():
     offenders = sorted(str(p.relative_to(EDGEVP)) for p in EDGEVP.rglob("*.py")
                        if p.parent.name != "runtime" and pattern.search(p.read_text()))
     assert offenders == ["export/bundle.py", "export/trt.py"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# precision recorded in the sidecar, read back through one function
+# --------------------------------------------------------------------------------------------------------------
+
+def test_edgevp_fp16_and_int8_models_read_back_as_fp16_and_int8(run_cache, tmp_path):
+    """edgevp's own fp16 / int8 ONNX keep fp32 inputs (the input dtype says "fp32"): export records the precision in
+    the sidecar and the device and the profiler read it back from there, whatever the file is called."""
+    import json
+    import shutil
+
+    from edgevp.device.artifact import open_artifact
+    from edgevp.export.pipeline import ExportOptions, export_run
+    from edgevp.profile.backends import prepare_ort
+    from edgevp.runtime.sidecar import precision_of
+
+    run = run_cache.get("linear", tmp_path / "run")
+    for target in ("onnx", "ort-fp16", "ort-int8"):
+        export_run(run, ExportOptions(target=target, gate_images=16, simplify="none"))
+    export = run / "export"
+    for p in ("fp16", "int8"):
+        model = export / f"model.{p}.onnx"
+        assert json.loads((export / f"model.{p}.json").read_text())["precision"] == p
+        assert precision_of(model) == p
+        art = open_artifact(model)
+        try:
+            assert art.precision == p
+        finally:
+            art.close()
+        assert prepare_ort(model, batch=1)[2]["precision"] == p
+        # the sidecar decides, not the file name or the (fp32) input dtype
+        other = tmp_path / p
+        other.mkdir()
+        shutil.copy(model, other / "served.onnx")
+        shutil.copy(export / f"model.{p}.json", other / "served.json")
+        assert precision_of(other / "served.onnx", input_type="tensor(float)") == p
+        (other / "served.json").unlink()
+        assert precision_of(other / "served.onnx", input_type="tensor(float)") == "fp32"  # nothing recorded
+    assert json.loads((export / "model.json").read_text())["precision"] == "fp32"
+    assert precision_of(export / "model.onnx") == "fp32"
+
+
+def test_precision_of_sidecars_old_and_new(tmp_path):
+    import json
+
+    from edgevp.errors import IncompatibleError
+    from edgevp.runtime.sidecar import precision_of, target_precision
+
+    assert [target_precision(t) for t in ("onnx", "ort-fp16", "ort-int8", "trt-fp32", "trt-fp16", "trt-int8")] == [
+        "fp32", "fp16", "int8", "fp32", "fp16", "int8"]
+    # a pack: pack.json names its model among its files (its `onnx` is a record)
+    (tmp_path / "pack.json").write_text(json.dumps({"precision": "fp16", "files": ["model.fp16.onnx", "tasks.json"],
+                                                    "onnx": {"opset": 17}}))
+    assert precision_of(tmp_path / "model.fp16.onnx") == "fp16"
+    assert precision_of(tmp_path / "stray.onnx") == "fp32"  # pack.json does not name it
+    # a bundle: model.json names its ONNX; an engine's sidecar is given by the caller
+    b = tmp_path / "trt-int8"
+    b.mkdir()
+    (b / "model.json").write_text(json.dumps({"onnx": "model.int8.onnx", "precision": "int8"}))
+    assert precision_of(b / "model.int8.onnx") == "int8"
+    assert precision_of(b / "model.trt10.3-sm87-int8.engine", {"precision": "int8"}) == "int8"
+    # old sidecars (no precision): today's logic, in this one function
+    assert precision_of(b / "model.trt10.3-sm87-fp16.engine", {}) == "fp16"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model.fp16.json").write_text(json.dumps({"files": ["model.fp16.onnx"]}))
+    assert precision_of(tmp_path / "old" / "model.fp16.onnx") == "fp16"
+    assert precision_of(tmp_path / "old" / "x.onnx", input_type="tensor(float16)") == "fp16"
+    assert precision_of(tmp_path / "old" / "x.onnx", input_type="tensor(float)") == "fp32"
+    (tmp_path / "old" / "bad.json").write_text(json.dumps({"precision": "bf16"}))
+    with pytest.raises(IncompatibleError, match="records precision 'bf16'"):
+        precision_of(tmp_path / "old" / "bad.onnx")
