@@ -178,7 +178,7 @@ def engine_sidecar(p: Path) -> dict:
 
 def _open_engine(p: Path) -> Artifact:
     from ..runtime.gpu import compute_capability, gpu_name
-    from ..profile.trt_runtime import TrtEngineRunner, check_sidecar
+    from ..runtime.engine import TrtEngineRunner, check_sidecar
 
     meta = engine_sidecar(p)
     trt = require("tensorrt", "running a TensorRT engine", "on a Jetson it comes with JetPack; elsewhere evaluate the "

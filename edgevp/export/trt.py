@@ -53,7 +53,7 @@ def gpu() -> tuple[str, str] | None:
 
 def engine_logits(engine_path: Path, x: np.ndarray, batch: int) -> np.ndarray:
     """Run a built engine on `x` (as the ONNX takes it) and return its float32 logits."""
-    from ..profile.trt_runtime import TrtEngineRunner
+    from ..runtime.engine import TrtEngineRunner
 
     runner = TrtEngineRunner(engine_path, batch)
     try:

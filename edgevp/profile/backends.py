@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, MissingError
-from .trt_runtime import TrtEngineRunner, check_sidecar  # noqa: F401 (check_sidecar: re-exported)
+from ..runtime.engine import TrtEngineRunner, check_sidecar  # noqa: F401 (check_sidecar: re-exported)
 
 ORT_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
                  "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}

@@ -250,3 +250,20 @@ def test_precision_of_sidecars_old_and_new(tmp_path):
     (tmp_path / "old" / "bad.json").write_text(json.dumps({"precision": "bf16"}))
     with pytest.raises(IncompatibleError, match="records precision 'bf16'"):
         precision_of(tmp_path / "old" / "bad.onnx")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the TensorRT engine runner lives in the runtime
+# --------------------------------------------------------------------------------------------------------------
+
+def test_export_device_and_profile_run_engines_through_the_runtime():
+    """Export's engine gate, the device and the profiler import the runner from edgevp.runtime.engine; nothing in
+    edgevp/ imports the old profile.trt_runtime name (kept for existing imports only)."""
+    from edgevp.profile import trt_runtime
+    from edgevp.runtime import engine
+
+    assert trt_runtime.TrtEngineRunner is engine.TrtEngineRunner and trt_runtime.check_sidecar is engine.check_sidecar
+    users = {str(p.relative_to(EDGEVP)) for p in EDGEVP.rglob("*.py") if "runtime.engine import" in p.read_text()}
+    assert {"export/trt.py", "device/artifact.py", "profile/backends.py"} <= users
+    old = [str(p.relative_to(EDGEVP)) for p in EDGEVP.rglob("*.py") if "trt_runtime import" in p.read_text()]
+    assert old == []
