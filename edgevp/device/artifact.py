@@ -12,12 +12,11 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, IncompatibleError
-from ..optional import optional, require
-from ..runtime.sidecar import precision_of
+from ..optional import require
+from ..runtime.sidecar import ENGINE_SUFFIXES, precision_of, resolve
 from .formats import check_engine_name
 from .preprocess import Preprocess
 
-ENGINE_SUFFIXES = (".engine", ".plan")
 
 
 @dataclass
@@ -47,39 +46,6 @@ class Artifact:
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "precision": self.precision, "task": self.task,
                 "classes": None if self.classes is None else len(self.classes), "preprocessing": self.pre.to_dict()}
-
-
-def resolve(path: str | Path) -> Path:
-    """The model file of ARTIFACT: the file itself, or inside a directory an engine (when TensorRT is here) or the
-    ONNX. Raises IncompatibleError (exit 6) when there is none."""
-    p = Path(path)
-    if not p.exists():
-        raise IncompatibleError(f"artifact '{p}' does not exist",
-                                "give an .onnx file, an .engine, or an export / bundle / pack directory")
-    if p.is_file():
-        if p.suffix not in (".onnx", *ENGINE_SUFFIXES):
-            raise IncompatibleError(f"'{p}' is not an ONNX model or a TensorRT engine (.onnx, .engine, .plan)")
-        return p
-    engines = sorted(q for q in p.iterdir() if q.suffix in ENGINE_SUFFIXES and q.is_file())
-    if engines and optional("tensorrt") is not None:
-        return engines[-1]
-    names = [*_sidecar_onnx(p / "model.json"), "model.onnx", "model.fp16.onnx", "model.int8.onnx"]
-    for n in names:
-        if (p / n).is_file():
-            return p / n
-    raise IncompatibleError(f"no artifact in '{p}' (no .onnx or .engine)", "give the model file itself")
-
-
-def _sidecar_onnx(side: Path) -> list[str]:
-    """The ONNX files a directory's model.json names: a bundle's `onnx` (a file name), an export's `files`."""
-    try:
-        doc = json.loads(side.read_text()) if side.is_file() else {}
-    except (OSError, ValueError):
-        return []
-    if not isinstance(doc, dict):
-        return []
-    names = [doc.get("onnx"), *(doc.get("files") if isinstance(doc.get("files"), list) else [])]
-    return [n for n in names if isinstance(n, str) and n.endswith(".onnx") and "/" not in n]
 
 
 def open_artifact(path: str | Path, task: int | None = None, size: tuple[int, int] | None = None,

@@ -97,9 +97,8 @@ def _tasks_doc(path: Path) -> dict:
 
 def open_pack(path: str | Path, providers: list[str] | None = None) -> ResidentPack:
     """An ONNX Runtime session of the pack at `path` (its model.onnx or its directory) with its tables resident."""
-    from .artifact import resolve
-
     from ..runtime.sessions import open_session
+    from ..runtime.sidecar import resolve
 
     p = resolve(path)
     sess = open_session(p, providers=providers, purpose="running an ONNX pack",

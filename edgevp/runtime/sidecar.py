@@ -1,4 +1,5 @@
-"""What a deployed model says about itself in its sidecar JSON, read in one place: its precision.
+"""What a deployed artifact is: its model file (`resolve`: the file itself, or the one in an export / bundle / pack
+directory) and what it says about itself in its sidecar JSON, read in one place: its precision.
 
 Export and pack record the precision explicitly (`"precision": "fp32" | "fp16" | "int8"`) in every sidecar they
 write: an export's `model.json` / `model.fp16.json` / `model.int8.json` / `trt-<precision>.json`, a bundle's and an
@@ -18,8 +19,10 @@ import re
 from pathlib import Path
 
 from ..errors import IncompatibleError
+from ..optional import optional
 
 PRECISIONS = ("fp32", "fp16", "int8")
+ENGINE_SUFFIXES = (".engine", ".plan")
 _ENGINE = re.compile(r"-(fp32|fp16|int8)\.(engine|plan)$")
 
 
@@ -72,3 +75,36 @@ def precision_of(model: str | Path, sidecar: dict | None = None, input_type: str
     if ".fp16." in name or (input_type and "float16" in input_type):
         return "fp16"
     return "fp32"
+
+
+def resolve(path: str | Path) -> Path:
+    """The model file of ARTIFACT: the file itself, or inside a directory an engine (when TensorRT is here) or the
+    ONNX. Raises IncompatibleError (exit 6) when there is none."""
+    p = Path(path)
+    if not p.exists():
+        raise IncompatibleError(f"artifact '{p}' does not exist",
+                                "give an .onnx file, an .engine, or an export / bundle / pack directory")
+    if p.is_file():
+        if p.suffix not in (".onnx", *ENGINE_SUFFIXES):
+            raise IncompatibleError(f"'{p}' is not an ONNX model or a TensorRT engine (.onnx, .engine, .plan)")
+        return p
+    engines = sorted(q for q in p.iterdir() if q.suffix in ENGINE_SUFFIXES and q.is_file())
+    if engines and optional("tensorrt") is not None:
+        return engines[-1]
+    names = [*_sidecar_onnx(p / "model.json"), "model.onnx", "model.fp16.onnx", "model.int8.onnx"]
+    for n in names:
+        if (p / n).is_file():
+            return p / n
+    raise IncompatibleError(f"no artifact in '{p}' (no .onnx or .engine)", "give the model file itself")
+
+
+def _sidecar_onnx(side: Path) -> list[str]:
+    """The ONNX files a directory's model.json names: a bundle's `onnx` (a file name), an export's `files`."""
+    try:
+        doc = json.loads(side.read_text()) if side.is_file() else {}
+    except (OSError, ValueError):
+        return []
+    if not isinstance(doc, dict):
+        return []
+    names = [doc.get("onnx"), *(doc.get("files") if isinstance(doc.get("files"), list) else [])]
+    return [n for n in names if isinstance(n, str) and n.endswith(".onnx") and "/" not in n]
