@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import ConfigError, IncompatibleError
 from ..optional import require
 from ..runtime.sidecar import ENGINE_SUFFIXES, precision_of, resolve
-from .formats import check_engine_name
+from ..runtime.formats import check_engine_name
 from .preprocess import Preprocess
 
 

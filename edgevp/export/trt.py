@@ -144,7 +144,7 @@ def build_trt(ctx, precision: str) -> dict:
     except VerificationError as e:
         result.update(status="failed", error=str(e), engine=None)
         return result
-    from ..device.formats import engine_name, model_name
+    from ..runtime.formats import engine_name, model_name
 
     name = engine_name(used["tensorrt_version"], dev[1], precision)
     (bundle / "model.engine").replace(bundle / name)

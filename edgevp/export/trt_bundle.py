@@ -80,7 +80,7 @@ def _shapes_flags(shp: dict) -> str:
 
 def write_bundle(ctx, precision: str, result: dict) -> tuple[Path, str]:
     """Create `trt-<precision>/` in the staging dir from the gated ONNX files; returns (dir, onnx name)."""
-    from ..device import formats
+    from ..runtime import formats
     from .onnx import metadata
 
     bundle = ctx.work / f"trt-{precision}"
@@ -154,7 +154,7 @@ def _write_deepstream(bundle: Path, onnx_name: str, chw: list[int], batch: int, 
                       classes: list[str]) -> dict:
     """deepstream/: the nvinfer config (paths relative to its folder; build_engine.sh points model-engine-file at
     its engine) and labels; returns what model.json records of it."""
-    from ..device import formats
+    from ..runtime import formats
 
     ds = bundle / "deepstream"
     ds.mkdir()
@@ -168,7 +168,7 @@ def _write_deepstream(bundle: Path, onnx_name: str, chw: list[int], batch: int, 
 def _write_triton(bundle: Path, onnx_name: str, model: str, chw: list[int], classes: list[str], shp: dict,
                   opts) -> dict:
     """triton/: the TensorRT plan's model (1/model.plan, placed by build_engine.sh) and an ONNX Runtime fallback."""
-    from ..device import formats
+    from ..runtime import formats
 
     engine_batch = shp["max"][0] if shp["min"] != shp["max"] else 0
     onnx_batch = opts.trt_max_batch if opts.dynamic_batch else 0

@@ -76,7 +76,7 @@ def _reference_feeds(tasks, tables: dict, opts) -> list[dict[str, np.ndarray]]:
 def write_trt_bundle(work: Path, files: list[str], tasks, opts, gate: dict) -> str:
     """Move the pack's files into `trt-<precision>/` and complete the bundle; returns the folder name."""
     from .. import __version__
-    from ..device import formats
+    from ..runtime import formats
 
     precision = opts.target.split("-", 1)[1]
     bundle = work / f"trt-{precision}"
@@ -133,7 +133,7 @@ def _write_triton(bundle: Path, onnx_name: str, dims: dict, tables: dict, classe
     gives every input of a batching model a batch axis, which tables do not have: with tables as inputs the
     repository serves a copy of the graph with the bundle's tables frozen in as constants (`freeze_tables`), through
     ONNX Runtime only (the engine build_engine.sh makes takes the tables as inputs, for edgevp's runtime)."""
-    from ..device import formats
+    from ..runtime import formats
 
     c, h, w = (int(v) for v in dims[IMAGES]["opt"].split("x")[1:])
     models = (("pack_onnx", "onnxruntime_onnx"),) if tables else (("pack", "tensorrt_plan"),

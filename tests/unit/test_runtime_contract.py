@@ -267,3 +267,15 @@ def test_export_device_and_profile_run_engines_through_the_runtime():
     assert {"export/trt.py", "device/artifact.py", "profile/backends.py"} <= users
     old = [str(p.relative_to(EDGEVP)) for p in EDGEVP.rglob("*.py") if "trt_runtime import" in p.read_text()]
     assert old == []
+
+
+def test_export_and_pack_write_bundle_formats_through_the_runtime():
+    """Engine names, labels and the DeepStream / Triton configs live in edgevp.runtime.formats: nothing in edgevp/
+    reaches them through the device package (device/formats.py re-exports them for existing imports)."""
+    from edgevp.device import formats as old
+    from edgevp.runtime import formats
+
+    assert old.engine_name is formats.engine_name and old.nvinfer_config is formats.nvinfer_config
+    through_device = [str(p.relative_to(EDGEVP)) for p in EDGEVP.rglob("*.py")
+                      if re.search(r"from \.+device(\.formats| import formats)", p.read_text())]
+    assert through_device == []
