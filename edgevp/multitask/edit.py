@@ -326,7 +326,7 @@ def add_tasks(runs: list[str | Path], pack: str | Path, opts=None) -> dict:
     from dataclasses import asdict
 
     from ..runs import writer_lock
-    from .pipeline import PackOptions, load_tasks
+    from .tasks import PackOptions, load_tasks
 
     out = Path(pack)
     opts = opts or PackOptions()
@@ -349,7 +349,7 @@ def add_tasks(runs: list[str | Path], pack: str | Path, opts=None) -> dict:
 
 def _check_foreign(tasks, state: PackState, checkpoint: str) -> None:
     """Refuse a run on another backbone / input than the pack's, or one the pack already serves (exit 2)."""
-    from .pipeline import task_facts
+    from .tasks import task_facts
 
     shared = state.sidecar.get("shared") or {"backbone weights (sha256 of the frozen tensors)":
                                              state.sidecar.get("backbone_sha256")}
@@ -360,9 +360,9 @@ def _check_foreign(tasks, state: PackState, checkpoint: str) -> None:
             if got != want:
                 raise ConfigError(f"run '{t.run}' is foreign to the pack '{state.out}': its {what} is {got}, the "
                                   f"pack's {want}", "a pack serves the backbone and input it was built on")
-    from .pipeline import _task_records
+    from .tasks import task_records
 
-    for t, rec in zip(tasks, _task_records(tasks, checkpoint)):
+    for t, rec in zip(tasks, task_records(tasks, checkpoint)):
         hit = served.get((rec["run_id"], rec["checkpoint_sha256"]))
         if hit is not None:
             raise ConfigError(f"run '{t.run}' is task {hit} of the pack '{state.out}' already",
@@ -374,7 +374,7 @@ def _add(tasks, state: PackState, opts) -> dict:
 
     from ..runs import now
     from .graph import session
-    from .pipeline import _task_records, build_packed, own_export
+    from .tasks import build_packed, own_export, task_records
     from .tables import fit_to_capacity
 
     t0 = time.perf_counter()
@@ -394,7 +394,7 @@ def _add(tasks, state: PackState, opts) -> dict:
     unchanged = others_unchanged(sess, state.tables, tables, live, opts.include_preprocess)
     gates = [gate_added(sess, state.out, t, i, ref, tables, live, opts) for t, i, ref in zip(tasks, ids, references)]
     gated = time.perf_counter() - t0
-    records = [{**r, "id": i} for r, i in zip(_task_records(tasks, opts.checkpoint), ids)]
+    records = [{**r, "id": i} for r, i in zip(task_records(tasks, opts.checkpoint), ids)]
     edit = {"op": "add", "tasks": ids, "runs": [t.run.name for t in tasks], "at": now(),
             "others_unchanged": unchanged, "mixed_batch": [g["mixed_batch"] for g in gates],
             "seconds": {"tables": round(built, 4), "gate": round(gated, 4)}}
