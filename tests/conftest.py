@@ -72,3 +72,12 @@ def no_torch_env(tmp_path_factory) -> dict:
     (shim / "sitecustomize.py").write_text(BLOCKER)
     path = [str(shim), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+@pytest.fixture(scope="session")
+def run_cache(tmp_path_factory):
+    """The session's tiny trained runs (`tests/support.py` RUNS); under xdist the workers share one cache."""
+    from .support import RunCache
+
+    base = tmp_path_factory.getbasetemp()
+    return RunCache((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-runs")

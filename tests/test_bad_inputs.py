@@ -21,9 +21,7 @@ from typer.testing import CliRunner
 from edgevp.cli import app
 from edgevp.export.pipeline import ExportOptions, export_run
 from edgevp.multitask.pipeline import PackOptions, pack
-from edgevp.train import fit
 
-from .conftest import tiny_config
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 runner = CliRunner()
@@ -46,11 +44,9 @@ def _digit_folder(root: Path, classes=(0, 1, 2), per_class=8) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, run_cache):
     root = tmp_path_factory.mktemp("bad_inputs")
-    run, lor = root / "run", root / "lor"
-    fit(tiny_config("vpt", {"num_tokens": 2}, train={"epochs": 1}), out=run)
-    fit(tiny_config("lorvp", train={"epochs": 1}), out=lor)
+    run, lor = run_cache.get("vpt2", root / "run"), run_cache.get("lorvp", root / "lor")
     export_run(run, ExportOptions(exporter="legacy", test_images=0))
     pack([run], root / "pack", PackOptions(gate_images=4))  # constant tables
     pack([lor], root / "tpack", PackOptions(gate_images=4, tables_as_inputs=True))  # pixel tables only
@@ -128,7 +124,7 @@ CASES = [
     (["train", T, "-s", "traineepochs=1"], 2, "unknown config key"),
     (["train", T, "-s", "train.lr"], 2, "is not of the form key=value"),
     (["train", T, "--resume", "{run}"], 2, "drop RECIPE and -s"),
-    (["train", T, "--overwrite", "--resume", "{run}"], 2, "drop RECIPE and -s"),
+    (["train", T, "--overwrite", "--resume", "{run}"], 2, "cannot be combined with --resume"),
     # -- train: data ----------------------------------------------------------------------------------------------------
     (["train", T, "-s", "data.name=folder"], 5, "needs data.root"),
     (["train", T, "-s", "data.name=folder", "-s", "data.root={root}/nowhere"], 5, "does not exist"),

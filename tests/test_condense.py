@@ -195,9 +195,8 @@ def test_condense_cli_errors(vpt_run, tmp_path, args, code, message):
     assert message in r.output and "Traceback" not in r.output
 
 
-def test_condense_refuses_runs_without_prompts_and_newer_versions(tmp_path):
-    lor = tmp_path / "lor"
-    fit(tiny_config("lorvp", train={"epochs": 1}), out=lor)
+def test_condense_refuses_runs_without_prompts_and_newer_versions(tmp_path, run_cache):
+    lor = run_cache.get("lorvp", tmp_path / "lor")
     r = CliRunner().invoke(app, ["condense", str(lor), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "has prompt units to score" in r.output
     m = json.loads((lor / "manifest.json").read_text())

@@ -34,6 +34,7 @@ from edgevp.condense.scores import mask_scores
 from edgevp.train import fit
 
 from .conftest import tiny_model
+from . import support
 
 ROOT = Path(__file__).resolve().parents[1]
 # 63 training images in global batches of 31: slices of 15 and 16, and a last batch of 1 that leaves rank 0 empty
@@ -51,8 +52,7 @@ def _env(**extra) -> dict:
 
 
 def edgevp(*args: str, cwd: Path, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgevp", *args], cwd=cwd, env=_env(**env), capture_output=True,
-                          text=True, timeout=300)
+    return support.edgevp(*args, cwd=cwd, env=_env(**env), timeout=300)
 
 
 def _rank_main(rank: int, world: int, port: int, fn, args) -> None:

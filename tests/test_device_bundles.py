@@ -32,15 +32,10 @@ POLYGRAPHY = _BESIDE if os.path.exists(_BESIDE) else shutil.which("polygraphy") 
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
+def bundles(tmp_path_factory, run_cache):
     """Tiny VPT and LoR-VP runs, their TensorRT bundles (fp32, fp16, int8; --platform all) and a trt-fp32 pack."""
-    from edgevp.train import fit
-
     root = tmp_path_factory.mktemp("bundles")
-    runs = {}
-    for name, method, prompt in (("vpt", "vpt", {"num_tokens": 4}), ("lorvp", "lorvp", {"rank": 2})):
-        fit(tiny_config(method, prompt, train={"epochs": 1}), out=root / name)
-        runs[name] = root / name
+    runs = {"vpt": run_cache.get("vpt4", root / "vpt"), "lorvp": run_cache.get("lorvp_r2", root / "lorvp")}
     out = {"runs": runs}
     sys.modules.setdefault("tensorrt", None)  # as on a machine without TensorRT: bundles only
     for precision in ("fp32", "fp16", "int8"):

@@ -21,6 +21,7 @@ from edgevp.export.pipeline import ExportOptions, export_run
 from edgevp.train import fit
 
 from .conftest import tiny_config
+from . import support
 
 
 def _cli(*args) -> "CliRunner.Result":
@@ -336,8 +337,7 @@ def test_bundle_files_parse_with_real_parsers(run, tmp_path):
 
 def test_eval_and_predict_without_torch(run, digits_folder, no_torch_env, tmp_path):
     def edgevp(*args):
-        return subprocess.run([sys.executable, "-m", "edgevp", *map(str, args)], env=no_torch_env,
-                              capture_output=True, text=True, timeout=120)
+        return support.edgevp(*args, env=no_torch_env, timeout=120)
 
     r = edgevp("eval", run / "export" / "model.onnx", "-o", tmp_path / "e")
     assert r.returncode == 0, r.stderr

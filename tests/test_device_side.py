@@ -15,16 +15,15 @@ from typer.testing import CliRunner
 from edgevp.cli import DATASETS, app
 from edgevp.errors import MissingError
 from edgevp.optional import optional, pyplot, require
-from edgevp.train import fit
 
-from .conftest import TRAINING_STACK, tiny_config
+from .conftest import TRAINING_STACK
+from . import support
 
 
 
 @pytest.fixture(scope="module")
-def exported_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("device") / "vpt"
-    fit(tiny_config("vpt", {"num_tokens": 4}, train={"epochs": 1}), out=run)
+def exported_run(tmp_path_factory, run_cache) -> Path:
+    run = run_cache.get("vpt4", tmp_path_factory.mktemp("device") / "vpt")
     r = CliRunner().invoke(app, ["export", str(run), "--with-references", "--exporter", "legacy",
                                  "--gate-images", "16"])
     assert r.exit_code == 0, r.output
@@ -36,7 +35,7 @@ def _python(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def _edgevp(env: dict, *args) -> subprocess.CompletedProcess:
-    return _python(env, "-m", "edgevp", *map(str, args))
+    return support.edgevp(*args, env=env, timeout=300)
 
 
 def test_the_blocker_refuses_the_training_stack_in_children_too(no_torch_env):

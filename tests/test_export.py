@@ -15,22 +15,15 @@ from edgevp.export.pipeline import ExportOptions, export_run
 from edgevp.export.targets import get_target, list_targets, register_target
 from edgevp.runs import RunDir
 
-from .conftest import tiny_config
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, run_cache):
     """One-epoch tiny runs: VPT-deep and LoR-VP (ViT), by name."""
-    from edgevp.train import fit
-
     root = tmp_path_factory.mktemp("runs")
-    out = {}
-    for name, method, prompt in (("vpt", "vpt", {"num_tokens": 4}), ("lorvp", "lorvp", {"rank": 2})):
-        fit(tiny_config(method, prompt, train={"epochs": 1}), out=root / name)
-        out[name] = root / name
-    return out
+    return {"vpt": run_cache.get("vpt4", root / "vpt"), "lorvp": run_cache.get("lorvp_r2", root / "lorvp")}
 
 
 def _copy(run, tmp_path):

@@ -15,9 +15,7 @@ from typer.testing import CliRunner
 from edgevp.cli import app
 from edgevp.export.ort import gate_vs_fp32
 from edgevp.export.pipeline import ExportOptions, export_run
-from edgevp.train import fit
 
-from .conftest import tiny_config
 
 
 def _logits(labels: np.ndarray, right: np.ndarray, classes: int = 10) -> np.ndarray:
@@ -97,10 +95,8 @@ def test_gate_options_are_checked(option, value, words):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gate") / "vpt"
-    fit(tiny_config("vpt", {"num_tokens": 2}, train={"epochs": 1}), out=out)
-    return out
+def run(tmp_path_factory, run_cache):
+    return run_cache.get("vpt2", tmp_path_factory.mktemp("gate") / "vpt")
 
 
 def test_export_records_the_gate_on_val_and_training_images(run, tmp_path):

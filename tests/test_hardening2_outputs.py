@@ -20,9 +20,7 @@ from typer.testing import CliRunner
 from edgevp.cli import app
 from edgevp.errors import MissingError
 from edgevp.export.pipeline import ExportOptions, export_run
-from edgevp.train import fit
 
-from .conftest import tiny_config
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "tiny" / "vpt_deep.yaml"
 
@@ -53,15 +51,15 @@ def bomb_png(path: Path, side: int = 15000) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, run_cache):
     """A linear run exported (onnx) and a VPT run exported (onnx, and a TensorRT bundle without TensorRT), with a
     folder of real digit images."""
     from sklearn.datasets import load_digits
 
     root = tmp_path_factory.mktemp("hardening2")
     lin, vpt = root / "lin", root / "vpt"
-    fit(tiny_config("linear", train={"epochs": 1}), out=lin)
-    fit(tiny_config("vpt", {"num_tokens": 2}, train={"epochs": 1}), out=vpt)
+    run_cache.get("linear", lin)
+    run_cache.get("vpt2", vpt)
     export_run(lin, ExportOptions(exporter="legacy", test_images=64))
     export_run(vpt, ExportOptions(exporter="legacy", test_images=64))
     with contextlib.suppress(MissingError):

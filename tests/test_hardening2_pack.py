@@ -13,9 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgevp.cli import app
-from edgevp.train import fit
 
-from .conftest import tiny_config
 from .test_hardening2_outputs import fill, tmpfs
 
 runner = CliRunner()
@@ -33,11 +31,11 @@ def _one_line(r) -> str:
 
 
 @pytest.fixture(scope="module")
-def packs(tmp_path_factory):
+def packs(tmp_path_factory, run_cache):
     """Two runs on one backbone and two packs of them with tables as inputs, in either order (same table shapes)."""
     root = tmp_path_factory.mktemp("pack_bound")
-    fit(tiny_config("vpt", {"num_tokens": 2}, train={"epochs": 1}), out=root / "vpt")
-    fit(tiny_config("lorvp", train={"epochs": 1}), out=root / "lorvp")
+    run_cache.get("vpt2", root / "vpt")
+    run_cache.get("lorvp", root / "lorvp")
     for name, order in (("ab", ("vpt", "lorvp")), ("ba", ("lorvp", "vpt"))):
         r = _cli("pack", *(root / o for o in order), "-o", root / name, "--tables-as-inputs", "--gate-images", "8")
         assert r.exit_code == 0, r.output

@@ -7,7 +7,6 @@ import copy
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ from edgevp.prompts.base import FoldedPrompts, PromptMethod
 from edgevp.prompts.vpt import TokenPrompts, vpt_init_bound
 from edgevp.registry import register_method
 from edgevp.runs import RunDir
+
+from . import support
 
 runner = CliRunner()
 L = 32  # tiny recipe input size
@@ -267,8 +268,7 @@ def _dist(tmp_path: Path, module: str, source: str, value: str) -> dict:
 
 
 def _edgevp(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgevp", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=120)
+    return support.edgevp(*args, env=env, cwd=cwd, timeout=120)
 
 
 def test_entry_point_plugin_is_listed_and_resolves(tmp_path):

@@ -55,14 +55,13 @@ def test_report_of_a_non_run_fails_cleanly(tmp_path):
     assert r.exit_code == 6 and "not an edgevp run directory" in r.output
 
 
-def test_a_profile_taken_on_the_device_merges_by_sha256(tmp_path):
+def test_a_profile_taken_on_the_device_merges_by_sha256(tmp_path, run_cache):
     """An engine profiled on the device (paths of its own) finds its run through the ONNX it was built from."""
     from edgevp.export.pipeline import ExportOptions, export_run
     from edgevp.io import sha256_file
     from edgevp.profile.compare import artifact_cost
 
-    run = tmp_path / "lor"
-    fit(tiny_config("lorvp", {"rank": 2}, train={"epochs": 1}), out=run)
+    run = run_cache.get("lorvp_r2", tmp_path / "lor")
     export_run(run, ExportOptions())
     onnx_sha = sha256_file(run / "export" / "model.onnx")
     engine = tmp_path / "device" / "model.engine"  # as `edgevp profile` sees it on the device

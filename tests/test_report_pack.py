@@ -13,18 +13,14 @@ from typer.testing import CliRunner
 from edgevp.cli import app
 from edgevp.export.pipeline import ExportOptions, export_run
 from edgevp.multitask.pipeline import PackOptions, pack
-from edgevp.train import fit
 
-from .conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory) -> tuple[Path, Path, Path]:
+def packed(tmp_path_factory, run_cache) -> tuple[Path, Path, Path]:
     """Two tiny runs on the same (seeded, random) backbone, exported, packed: (run a, run b, pack)."""
     root = tmp_path_factory.mktemp("report_pack")
-    a, b = root / "vpt", root / "lorvp"
-    fit(tiny_config("vpt", {"num_tokens": 2}, train={"epochs": 1}), out=a)
-    fit(tiny_config("lorvp", train={"epochs": 1}), out=b)
+    a, b = run_cache.get("vpt2", root / "vpt"), run_cache.get("lorvp", root / "lorvp")
     for r in (a, b):
         export_run(r, ExportOptions(exporter="legacy"))
     pack([a, b], root / "pack", PackOptions(gate_images=8))
