@@ -9,7 +9,7 @@
     edgevp demo     -> demo(DemoOptions, sets)
 
 The CLI parses, builds the dataclass, calls the function and prints (the `*_line` helpers below say what);
-`tests/test_api_cli.py` checks every CLI option's name and default against its dataclass field. Importing this module
+`tests/e2e/test_api_cli.py` checks every CLI option's name and default against its dataclass field. Importing this module
 imports no torch: every stage is imported when it runs.
 """
 from __future__ import annotations

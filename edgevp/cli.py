@@ -1,7 +1,7 @@
 """The `edgevp` command line: a thin layer over the Python API.
 
 Each command parses its arguments, builds the options dataclass of its API function (`edgevp/api.py`: `edgevp.train`,
-`edgevp.condense`, ...), calls it and prints the result; `tests/test_api_cli.py` keeps the options and the dataclasses
+`edgevp.condense`, ...), calls it and prints the result; `tests/e2e/test_api_cli.py` keeps the options and the dataclasses
 equal. Exit codes are the named ones of `edgevp/errors.py` (`edgevp list exit-codes`), carried by its exception classes.
 """
 from __future__ import annotations

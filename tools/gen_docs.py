@@ -7,7 +7,7 @@
 
 `mkdocs build` makes them through `tools/docs_hooks.py` (nothing generated is committed); `python tools/gen_docs.py
 OUT_DIR` writes them to a folder to read. `recipe_keys()`, `cli_options()` and `exit_codes()` are what
-`tests/test_docs.py` checks the hand-written pages against.
+`tests/e2e/test_docs.py` checks the hand-written pages against.
 """
 from __future__ import annotations
 
