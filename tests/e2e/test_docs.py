@@ -38,7 +38,7 @@ OTHER_TOOLS = {
     "--fp16", "--int8", "--buildOnly", "--skipInference", "--stronglyTyped", "--loadInputs", "--exportOutput",
     "--nproc_per_node", "--nnodes", "--node_rank", "--rdzv_backend", "--rdzv_endpoint", "--standalone",
     "--onnxrt", "--load-inputs", "--load-outputs", "--override-input-shapes", "--fold-constants",
-    "--logdir", "--model-repository", "--strict",
+    "--logdir", "--model-repository", "--strict", "--dist", "--cov",
 }
 # wrong on purpose: the pages show what edgevp says to a typo (`-s train.lrr=1` suggests `train.lr`)
 DELIBERATE_TYPOS = {"train.lrr"}
