@@ -68,7 +68,8 @@ def test_setup_reuses_an_existing_environment(tmp_path):
 
 def test_the_makefile_runs_demo_and_tests_with_the_environments_python():
     make = (ROOT / "Makefile").read_text()
-    dry = subprocess.run(["make", "-n", "-o", ".edgevp-installed", "test", "demo"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout.splitlines()
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}  # under `make test`
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "-o", ".edgevp-installed", "test", "demo"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, check=True).stdout.splitlines()
     assert dry == [".venv/bin/python -m pytest -q", ".venv/bin/python -m edgevp demo"], dry
     assert "VENV=$(VENV) bash tools/setup.sh" in make
