@@ -213,13 +213,13 @@ def test_old_deepstream_config_defects_are_caught(bundles):
 
 def test_deepstream_states_what_it_cannot_reproduce():
     """--no-preprocess with per-channel std: one nvinfer scale, the largest error stated; a centre-crop run: warned."""
-    from edgevp.device.formats import deepstream_fidelity
+    from edgevp.runtime.formats import deepstream_fidelity
 
     imagenet = {"include_preprocess": False, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                 "resize": "timm", "crop_pct": 0.875, "interpolation": "bicubic"}
     fid = deepstream_fidelity(imagenet)
     assert not fid["exact"] and fid["scale_error"] == pytest.approx(0.0299, abs=5e-4) and len(fid["differences"]) == 2
-    from edgevp.device.formats import nvinfer_config
+    from edgevp.runtime.formats import nvinfer_config
 
     text = nvinfer_config(onnx="m.onnx", engine="m.engine", labels="l.txt", chw=[3, 224, 224], batch=1,
                           precision="fp16", data=imagenet, output="probs")

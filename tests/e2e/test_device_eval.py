@@ -243,8 +243,8 @@ def test_bad_input_exit_codes(run, digits_folder, tmp_path):
 
 
 def test_engines_from_another_tensorrt_or_gpu_are_refused(tmp_path):
-    from edgevp.device.formats import check_engine_name, engine_name, parse_engine_name
-    from edgevp.profile.trt_runtime import check_sidecar
+    from edgevp.runtime.formats import check_engine_name, engine_name, parse_engine_name
+    from edgevp.runtime.engine import check_sidecar
 
     name = engine_name("10.3.0.30", "8.7", "fp16")
     assert name == "model.trt10.3-sm87-fp16.engine"

@@ -204,7 +204,7 @@ def _fake_tensorrt(monkeypatch, version="10.3.0", in_shape=(-1, 3, 32, 32)):
 
 
 def test_trt_runtime_with_a_fake_tensorrt(monkeypatch, tmp_path):
-    from edgevp.profile.trt_runtime import TrtEngineRunner
+    from edgevp.runtime.engine import TrtEngineRunner
 
     _fake_tensorrt(monkeypatch)
     eng = tmp_path / "m.engine"
@@ -222,7 +222,7 @@ def test_trt_runtime_with_a_fake_tensorrt(monkeypatch, tmp_path):
 
 
 def test_trt_engine_for_another_batch_or_version(monkeypatch, tmp_path):
-    from edgevp.profile.trt_runtime import TrtEngineRunner
+    from edgevp.runtime.engine import TrtEngineRunner
 
     _fake_tensorrt(monkeypatch, in_shape=(1, 3, 32, 32))
     eng = tmp_path / "m.engine"

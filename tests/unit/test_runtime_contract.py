@@ -258,11 +258,8 @@ def test_precision_of_sidecars_old_and_new(tmp_path):
 
 def test_export_device_and_profile_run_engines_through_the_runtime():
     """Export's engine gate, the device and the profiler import the runner from edgevp.runtime.engine; nothing in
-    edgevp/ imports the old profile.trt_runtime name (kept for existing imports only)."""
-    from edgevp.profile import trt_runtime
-    from edgevp.runtime import engine
-
-    assert trt_runtime.TrtEngineRunner is engine.TrtEngineRunner and trt_runtime.check_sidecar is engine.check_sidecar
+    edgevp/ imports the old profile.trt_runtime name, which is gone."""
+    assert not (EDGEVP / "profile" / "trt_runtime.py").exists()
     users = {str(p.relative_to(EDGEVP)) for p in EDGEVP.rglob("*.py") if "runtime.engine import" in p.read_text()}
     assert {"export/trt.py", "device/artifact.py", "profile/backends.py"} <= users
     old = [str(p.relative_to(EDGEVP)) for p in EDGEVP.rglob("*.py") if "trt_runtime import" in p.read_text()]
@@ -271,11 +268,8 @@ def test_export_device_and_profile_run_engines_through_the_runtime():
 
 def test_export_and_pack_write_bundle_formats_through_the_runtime():
     """Engine names, labels and the DeepStream / Triton configs live in edgevp.runtime.formats: nothing in edgevp/
-    reaches them through the device package (device/formats.py re-exports them for existing imports)."""
-    from edgevp.device import formats as old
-    from edgevp.runtime import formats
-
-    assert old.engine_name is formats.engine_name and old.nvinfer_config is formats.nvinfer_config
+    reaches them through the device package (device/formats.py is gone)."""
+    assert not (EDGEVP / "device" / "formats.py").exists()
     through_device = [str(p.relative_to(EDGEVP)) for p in EDGEVP.rglob("*.py")
                       if re.search(r"from \.+device(\.formats| import formats)", p.read_text())]
     assert through_device == []
