@@ -74,10 +74,26 @@ def no_torch_env(tmp_path_factory) -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
+def _shared(tmp_path_factory) -> "os.PathLike":
+    """The session's folder every xdist worker sees (the workers' common base temp)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _memoised_onnx_export(tmp_path_factory):
+    """`torch.onnx.export` memoised for the session (`tests/support.py` ExportMemo)."""
+    from .support import ExportMemo
+
+    memo = ExportMemo(_shared(tmp_path_factory) / "onnx-exports", torch.onnx.export)
+    torch.onnx.export = memo
+    yield memo
+    torch.onnx.export = memo.export
+
+
 @pytest.fixture(scope="session")
 def run_cache(tmp_path_factory):
     """The session's tiny trained runs (`tests/support.py` RUNS); under xdist the workers share one cache."""
     from .support import RunCache
 
-    base = tmp_path_factory.getbasetemp()
-    return RunCache((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-runs")
+    return RunCache(_shared(tmp_path_factory) / "shared-runs")

@@ -126,3 +126,55 @@ def assert_nothing_partial(folder: Path) -> None:
             import onnx
 
             onnx.checker.check_model(str(f))
+
+
+# -- ONNX exports, memoised ------------------------------------------------------------------------------------------
+class ExportMemo:
+    """`torch.onnx.export` memoised across the session's workers: the same module (pickled: its class, attributes,
+    parameters and buffers) exported with the same argument shapes and options writes the bytes the first export
+    wrote. A dynamo export of a tiny ViT costs seconds of CPU and the suite exports the same few tiny runs again and
+    again; each distinct module is still exported by torch once. A module that cannot be pickled, a non-path
+    destination or a failing export is not memoised."""
+
+    def __init__(self, root: Path, export):
+        self.root, self.export, self.hits, self.misses = root, export, 0, 0
+        root.mkdir(parents=True, exist_ok=True)
+
+    def key(self, model, args, kw) -> str | None:
+        import io
+        import pickle
+
+        import torch
+
+        class ByContent(pickle.Pickler):  # a tensor by its values (torch's own pickling of equal tensors can differ)
+            def persistent_id(self, obj):
+                if isinstance(obj, torch.Tensor):
+                    t = obj.detach().cpu().contiguous()
+                    return ("tensor", str(t.dtype), tuple(t.shape), hashlib.sha256(t.view(-1).view(torch.uint8)
+                                                                                    .numpy().tobytes()).hexdigest())
+                return None
+
+        shapes = [(tuple(a.shape), str(a.dtype)) if isinstance(a, torch.Tensor) else repr(a) for a in args]
+        buf = io.BytesIO()
+        try:
+            ByContent(buf, protocol=4).dump((model, shapes, sorted((k, repr(v)) for k, v in kw.items())))
+        except Exception:  # noqa: BLE001 - local functions, hooks: export for real
+            return None
+        return hashlib.sha256(buf.getvalue() + torch.__version__.encode()).hexdigest()[:20]
+
+    def __call__(self, model, args=(), f=None, **kw):
+        key = self.key(model, args if isinstance(args, tuple) else (args,), kw) if isinstance(f, (str, Path)) else None
+        if key is None:
+            return self.export(model, args, f, **kw)
+        cached = self.root / f"{key}.onnx"
+        with FileLock(str(cached) + ".lock"):
+            if cached.exists():
+                self.hits += 1
+                shutil.copyfile(cached, f)
+                return None
+            self.misses += 1
+            result = self.export(model, args, f, **kw)
+            tmp = cached.with_suffix(".tmp")
+            shutil.copyfile(f, tmp)
+            os.replace(tmp, cached)
+        return result

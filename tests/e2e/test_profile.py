@@ -278,7 +278,7 @@ def test_profile_a_condensed_run_in_torch_against_its_uncompressed_versions(tmp_
     fit(tiny_config("vpt", {"num_tokens": 6}, train={"epochs": 1}), out=tmp_path / "vpt")
     condense_pc(tmp_path / "vpt", tmp_path / "pc", PCOptions(keep=0.25, finetune_epochs=0))
     r = CliRunner().invoke(app, ["profile", str(tmp_path / "pc"), "--backend", "torch", "--iters", "3", "--warmup",
-                                 "1", "--rounds", "2", "--threads", "1", "--json"])
+                                 "1", "--rounds", "1", "--threads", "1", "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     names = [row["variant"] for row in res["rows"]]
@@ -295,9 +295,11 @@ def test_profile_a_condensed_run_in_torch_against_its_uncompressed_versions(tmp_
     if not torch.cuda.is_available():
         r = CliRunner().invoke(app, [*base, "--backend", "torch", "--device", "cuda"])
         assert r.exit_code == 4 and "no CUDA GPU" in r.output and "Traceback" not in r.output
-    # the deployed forms through ONNX Runtime: export both runs, then the condensed run's references come first
+    # the deployed forms through ONNX Runtime: export both runs, then the condensed run's references come first (the
+    # TorchScript exporter: which exporter wrote the graphs is not what is profiled, and it takes a tenth of the time)
     for run in ("vpt", "pc"):
-        assert CliRunner().invoke(app, ["export", str(tmp_path / run), "--with-references"]).exit_code == 0
+        r = CliRunner().invoke(app, ["export", str(tmp_path / run), "--with-references", "--exporter", "legacy"])
+        assert r.exit_code == 0, r.output
     other = tmp_path / "vpt" / "export" / "unfolded.onnx"
     r = CliRunner().invoke(app, ["profile", str(tmp_path / "pc"), "--against", f"vpt unfolded={other}", "--iters", "3",
                                  "--warmup", "1", "--rounds", "1", "--threads", "1", "--json"])
