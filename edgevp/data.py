@@ -180,15 +180,25 @@ def _fashion_mnist(cfg: DataConfig) -> LoadedSplits:
                         test=ImageDataset(xte, yte, FASHION_MNIST_CLASSES), info=source)
 
 
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8×8 digits (`load_digits`: images 0–16 as float64, targets), read from the CSV it ships without
+    importing scikit-learn (a second of start-up in every training process)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("sklearn")
+    csv = Path(next(iter(spec.submodule_search_locations)), "datasets", "data", "digits.csv.gz") if spec else None
+    if csv is None or not csv.is_file():
+        raise DataError("the digits dataset needs scikit-learn", "pip install scikit-learn")
+    with gzip.open(csv, mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+
+
 def _digits(cfg: DataConfig) -> LoadedSplits:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DataError("the digits dataset needs scikit-learn", "pip install scikit-learn") from None
-    d = load_digits()
-    images = np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
+    digits, target = digits_arrays()
+    images = np.clip(digits * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
     classes = [str(i) for i in range(10)]
-    return LoadedSplits(ImageDataset(images, d.target, classes), info={"source": "sklearn.datasets.load_digits"})
+    return LoadedSplits(ImageDataset(images, target, classes), info={"source": "sklearn.datasets.load_digits"})
 
 
 def _folder(cfg: DataConfig) -> LoadedSplits:

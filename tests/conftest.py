@@ -4,10 +4,15 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the model hub in tests
+# one compute thread per test process (child processes inherit it): the suite runs a process per core already, and
+# torch's own pool of one thread per core in each of them would only fight over the same cores
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
 import torch
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from edgevp.recipe import build_run_config
 from edgevp.model import build_model

@@ -173,7 +173,11 @@ class ExportMemo:
                 shutil.copyfile(cached, f)
                 return None
             self.misses += 1
+            import time as _t; _t0 = _t.time()
             result = self.export(model, args, f, **kw)
+            if os.environ.get("MEMO_LOG"):
+                with open(os.environ["MEMO_LOG"], "a") as fh:
+                    fh.write(json.dumps([key, type(model).__name__, round(_t.time() - _t0, 2), kw.get("dynamo"), os.environ.get("PYTEST_CURRENT_TEST")]) + "\n")
             tmp = cached.with_suffix(".tmp")
             shutil.copyfile(f, tmp)
             os.replace(tmp, cached)

@@ -1,9 +1,9 @@
-"""A real `edgevp sweep` killed with SIGKILL at seeded random points: the same command again fails the dead trial
-and runs it again, every point completes exactly once, and no file under the sweep is partial."""
+"""A real `edgevp sweep` killed with SIGKILL again and again, each mid-trial: the same command
+again fails the dead trial and runs it again, every point completes exactly once, and no file under the sweep is
+partial."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -16,21 +16,35 @@ SWEEP = ["sweep", SWEEP_RECIPE, "--grid", "train.lr=0.01,0.003", "--grid", "trai
          "data.limit_val=32", "-s", "data.limit_test=32", "-s", "train.threads=1", "-s", "train.ckpt_every_steps=1"]
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_killed_sweep_resumes_and_runs_every_point_once(tmp_path, seed):
-    """kill -9 at a random point of a 4-point sweep, then the same command: the dead trial is failed and run again,
-    every point completes exactly once, and no file under the sweep is partial."""
+def test_sweep_killed_again_and_again_resumes_and_runs_every_point_once(tmp_path):
+    """A 4-point sweep killed three times, each as a trial that process started writes its first checkpoint (the
+    first process in its first trial; the others after they failed the dead trial and took a new one); after each
+    kill no file under the sweep is partial. The same command then fails the last dead trial, runs what is left, and every point has
+    completed exactly once."""
     optuna = pytest.importorskip("optuna")
     out = tmp_path / "sweep"
     args = [*SWEEP, "-o", str(out)]
-    kill_after(args, random.Random(300 + seed).uniform(0.0, 8.0), watch=out / "study.db")
-    assert_nothing_partial(out)
+
+    def trials() -> set:
+        return set((out / "trials").glob("*")) if (out / "trials").is_dir() else set()
+
+    def checkpointed(old: set):
+        """A watch: a trial this process started has written a checkpoint (it is mid-training)."""
+        return lambda: any(any((t / "checkpoints").glob("*.safetensors")) for t in trials() - old)
+
+    codes = []
+    for _ in range(3):
+        codes.append(kill_after(args, 0.0, watch=checkpointed(trials())))
+        assert_nothing_partial(out)
+    assert codes == [-9] * 3, codes  # every kill landed mid-sweep
     r = edgevp(*args)
     assert r.returncode == 0, r.stderr
     assert_nothing_partial(out)
     assert not [p for p in out.rglob("*.tmp")]
-    trials = optuna.load_study(study_name="tiny-linear", storage=f"sqlite:///{out / 'study.db'}").trials
-    done = sorted((t.params["train.lr"], t.params["train.weight_decay"]) for t in trials if t.state.name == "COMPLETE")
+    study = optuna.load_study(study_name="tiny-linear", storage=f"sqlite:///{out / 'study.db'}")
+    done = sorted((t.params["train.lr"], t.params["train.weight_decay"]) for t in study.trials
+                  if t.state.name == "COMPLETE")
     assert done == sorted((lr, wd) for lr in (0.01, 0.003) for wd in (0.0, 1e-4))  # each point once
-    assert not [t for t in trials if t.state.name == "RUNNING"]
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert len([t for t in study.trials if t.state.name == "FAIL"]) >= 3  # each killed trial was failed, then rerun
     assert json.loads((out / "sweep.json").read_text())["counts"]["COMPLETE"] == 4

@@ -15,6 +15,21 @@ def _transform(size=32, **kw):
     return ImageTransform(size=size, **kw)
 
 
+def test_digits_are_scikit_learns_load_digits_read_without_importing_it():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from edgevp.data import digits_arrays
+
+    images, target = digits_arrays()
+    d = load_digits()
+    assert images.dtype == d.images.dtype and np.array_equal(images, d.images) and np.array_equal(target, d.target)
+    code = "import sys; from edgevp.data import digits_arrays; digits_arrays(); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
 def test_digits_splits_are_stratified_disjoint_and_limited():
     s = load_splits(DataConfig(name="digits", limit_train=100, limit_val=20))
     assert len(s.train) == 100 and len(s.val) == 20 and 340 <= len(s.test) <= 380

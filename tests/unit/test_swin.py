@@ -233,7 +233,9 @@ def test_analytic_macs_equal_the_onnx_graph(case, fold, tmp_path):
 
     model = swin_model(*({"shallow": ("vpt", {"num_tokens": 3, "deep": False})} | CASES)[case])
     module = to_deploy(model) if fold else model
-    export_onnx(module, tmp_path / "m.onnx", (3, 32, 32))
+    # the folded form is what `edgevp export` writes (its exporter, dynamo); VPT-shallow on Swin is never exported, so
+    # its graph only has to be a true one: the TorchScript exporter writes it in a tenth of the time
+    export_onnx(module, tmp_path / "m.onnx", (3, 32, 32), exporter="dynamo" if fold else "legacy")
     simplify(tmp_path / "m.onnx")
     cost = graph_cost(tmp_path / "m.onnx")
     extra = model.method.extra_tokens()
