@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, IncompatibleError
+from ..records import train_info_of
 from ..runtime.scan import scan_folder
 from .artifact import Artifact
 from .preprocess import Preprocess
@@ -142,8 +143,11 @@ def run_reference(artifact: Artifact, data: EvalData) -> dict | None:
             manifest = json.loads((run / "manifest.json").read_text())
         except (OSError, ValueError):
             manifest = {}
-        info = manifest.get("train_info") or {}
-        ref.update(run=str(run), run_name=run.name, test_top1=info.get("test_top1"))
+        try:
+            info = train_info_of(manifest)
+        except IncompatibleError:  # a record this edgevp cannot read: the reference is only what it can say
+            info = None
+        ref.update(run=str(run), run_name=run.name, test_top1=info and info.test_top1)
         want = artifact.meta.get("source_checkpoint_sha256")
         if want:
             from ..io import sha256_file

@@ -61,17 +61,18 @@ def torch_run_variants(run: Path, device: str, backend: str = "torch") -> list[V
     """A run in PyTorch against its uncompressed versions: the bare backbone, and the run it was condensed from."""
     from ..runs import RunDir
 
+    from ..records import TrainInfo, train_info_of
+
     manifest = RunDir(run).manifest()
-    train_info = manifest.get("train_info") or {}
-    variants = [Variant("bare backbone", f"{run}#bare", backend, device, {"macs": train_info.get("bare_macs")}),
+    train_info = train_info_of(manifest) or TrainInfo()
+    variants = [Variant("bare backbone", f"{run}#bare", backend, device, {"macs": train_info.bare_macs}),
                 Variant(f"{manifest.get('method')} (this run)", str(run), backend, device,
-                        {"macs": train_info.get("macs"), "params": train_info.get("total_params"),
-                         "role": "this run"})]
+                        {"macs": train_info.macs, "params": train_info.total_params, "role": "this run"})]
     source = _condensed_from(run)
     if source is not None and source.is_dir():
-        info = RunDir(source).manifest().get("train_info") or {}
+        info = train_info_of(RunDir(source).manifest()) or TrainInfo()
         variants.insert(1, Variant("uncondensed source", str(source), backend, device,
-                                   {"macs": info.get("macs"), "params": info.get("total_params")}))
+                                   {"macs": info.macs, "params": info.total_params}))
     for v in variants:
         if v.info.get("macs") and variants[0].info.get("macs"):
             v.info["ratio_macs"] = v.info["macs"] / variants[0].info["macs"]

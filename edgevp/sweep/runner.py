@@ -22,6 +22,7 @@ from ..console import Reporter
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, ConfigError, EdgevpError
 from ..io import sha256_file
 from ..recipe import build_run_config
+from ..records import TrainInfo, train_info_of
 from ..runs import RunDir, writer_lock
 from .study import (check_study, heartbeat, identity, make_pruner, make_sampler, open_storage, open_study,
                     optuna_module, retry_callback, shown_url, states, take_queued)
@@ -177,8 +178,8 @@ def _run_trial(sweep: _Sweep, study, trial, storage) -> None:
             sweep.rep.log(f"trial {trial.number} failed: {error}")
             return
     value = metric_of(RunDir(run_dir).metrics(), sweep.opts.metric)
-    test = (RunDir(run_dir).manifest().get("train_info") or {}).get("test_top1")
-    trial.set_user_attr("test_top1", test)
+    info = train_info_of(RunDir(run_dir).manifest())
+    trial.set_user_attr("test_top1", info and info.test_top1)
     if value is None:
         trial.set_user_attr("error", f"the run recorded no {sweep.opts.metric}")
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -341,9 +342,9 @@ def _final(sweep: _Sweep, study) -> dict | None:
                 recipe_sha256=sweep.recipe_sha, reporter=Reporter(quiet=True), extra_inputs={"sweep": info},
                 overwrite=True)
     m = RunDir(run_dir).manifest()
-    train_info = m.get("train_info") or {}
+    train_info = train_info_of(m) or TrainInfo()
     final = {"run_dir": "final", "best_trial": best.number, "params": params, "best_value": best.value,
-             "test_top1": train_info.get("test_top1"), "val_top1_monitor": train_info.get("best_val_top1"),
+             "test_top1": train_info.test_top1, "val_top1_monitor": train_info.best_val_top1,
              "split_sizes": (m.get("inputs") or {}).get("split_sizes")}
     sweep.rep.log(f"final: test top-1 {final['test_top1']:.2f} (trial {best.number}: "
                   f"{', '.join(f'{k}={v}' for k, v in params.items())})" if final["test_top1"] is not None else
