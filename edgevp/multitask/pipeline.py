@@ -23,8 +23,8 @@ from ..io import write_json
 from ..runtime.feeds import IDENTITY, tables_identity
 from ..runtime.sidecar import target_precision
 from .edit import existing_pack, table_inputs
-from .tasks import (TARGETS, PackOptions, Task, build_packed, capacity_record, load_tasks, own_export,  # noqa: F401
-                    task_facts, task_records)
+from .tasks import (PackOptions, Task, build_packed, capacity_record, load_tasks, own_export, task_facts,  # noqa: F401
+                    task_records)
 
 def pack(runs: list[str | Path], out: str | Path, opts: PackOptions | None = None) -> dict:
     """Pack `runs` into one multi-task artifact in `out`; returns the sidecar (also written as `pack.json`).

@@ -15,13 +15,12 @@ from ..config import check_options
 from ..errors import ConfigError
 from ..io import sha256_file
 
-TARGETS = ("onnx", "ort-fp16", "trt-fp32", "trt-fp16")
-
-
 @dataclass
 class PackOptions:
     """Options of `edgevp pack` (the CLI options have the same names)."""
 
+    # the export targets a pack is built for (each a registered export target: tests/e2e/test_pack.py checks it);
+    # int8 is not one: its calibration is per task
     target: Literal["onnx", "ort-fp16", "trt-fp32", "trt-fp16"] = "onnx"
     tables_as_inputs: bool = False  # tables are graph inputs read from tables.npz: add tasks without a rebuild
     include_preprocess: bool = True  # the graph takes [0, 1] images (normalisation inside)

@@ -50,6 +50,19 @@ MIXED = [("vpt", {"num_tokens": 3}), ("lorvp", None), ("linear", None), ("e2vpt"
          ("vpt", {"num_tokens": 5, "tokens_per_layer": [5, 0, 2, 1, 3, 4]})]
 
 
+def test_pack_targets_are_registered_export_targets():
+    """A pack is built for export targets: every `--target` it takes is one `edgevp export` registers (so the two
+    cannot drift apart), and none is int8 (calibration is per task)."""
+    from typing import get_args, get_type_hints
+
+    from edgevp.export.targets import list_targets
+    from edgevp.multitask.tasks import PackOptions
+
+    pack_targets = get_args(get_type_hints(PackOptions)["target"])
+    assert "onnx" in pack_targets and set(pack_targets) <= set(list_targets())
+    assert not [t for t in pack_targets if t.endswith("int8")]
+
+
 @pytest.mark.parametrize("tables_as_inputs", [False, True])
 def test_packed_graph_equals_each_tasks_deploy_form_and_mixed_batches(digits_batch, tables_as_inputs):
     models = [_randomise(tiny_model(m, p)) for m, p in MIXED]
