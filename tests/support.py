@@ -134,7 +134,8 @@ class ExportMemo:
     parameters and buffers) exported with the same argument shapes and options writes the bytes the first export
     wrote. A dynamo export of a tiny ViT costs seconds of CPU and the suite exports the same few tiny runs again and
     again; each distinct module is still exported by torch once. A module that cannot be pickled, a non-path
-    destination or a failing export is not memoised."""
+    destination or a failing export is not memoised. A hit returns None, not torch's ONNXProgram: edgevp's callers
+    read the file it wrote."""
 
     def __init__(self, root: Path, export):
         self.root, self.export, self.hits, self.misses = root, export, 0, 0
@@ -173,11 +174,7 @@ class ExportMemo:
                 shutil.copyfile(cached, f)
                 return None
             self.misses += 1
-            import time as _t; _t0 = _t.time()
             result = self.export(model, args, f, **kw)
-            if os.environ.get("MEMO_LOG"):
-                with open(os.environ["MEMO_LOG"], "a") as fh:
-                    fh.write(json.dumps([key, type(model).__name__, round(_t.time() - _t0, 2), kw.get("dynamo"), os.environ.get("PYTEST_CURRENT_TEST")]) + "\n")
             tmp = cached.with_suffix(".tmp")
             shutil.copyfile(f, tmp)
             os.replace(tmp, cached)

@@ -1,8 +1,8 @@
 """TensorRT's entropy (KL-divergence) calibration threshold, vectorised.
 
 ONNX Runtime's `HistogramCollector.get_entropy_threshold` (onnxruntime/quantization/calibrate.py) walks every
-candidate threshold and, inside it, every bin with Python's `sum` over numpy arrays: O(bins²) interpreter steps, about
-half a second per tensor at TensorRT's 2048 bins, minutes for a ViT-B. `entropy_threshold` computes the same
+candidate threshold and, inside it, every bin with Python's `sum` over numpy arrays: O(bins²) interpreter steps, a
+third of a second per tensor at TensorRT's 2048 bins (this one: a twentieth). `entropy_threshold` computes the same
 candidates with numpy slices and the same integer arithmetic, and scores them with ONNX Runtime's own
 `smooth_distribution` and `entropy`, so it returns the same threshold (tests/unit/test_entropy_calibration.py
 compares the two on real activation histograms).

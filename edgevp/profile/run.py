@@ -59,9 +59,8 @@ def _condensed_from(run: Path) -> Path | None:
 
 def torch_run_variants(run: Path, device: str, backend: str = "torch") -> list[Variant]:
     """A run in PyTorch against its uncompressed versions: the bare backbone, and the run it was condensed from."""
-    from ..runs import RunDir
-
     from ..records import TrainInfo, train_info_of
+    from ..runs import RunDir
 
     manifest = RunDir(run).manifest()
     train_info = train_info_of(manifest) or TrainInfo()

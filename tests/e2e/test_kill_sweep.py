@@ -1,6 +1,5 @@
-"""A real `edgevp sweep` killed with SIGKILL again and again, each mid-trial: the same command
-again fails the dead trial and runs it again, every point completes exactly once, and no file under the sweep is
-partial."""
+"""A real `edgevp sweep` killed with SIGKILL again and again, each mid-trial: the same command again fails the dead
+trial and runs it again, every point completes exactly once, and no file under the sweep is partial."""
 from __future__ import annotations
 
 import json
@@ -19,8 +18,8 @@ SWEEP = ["sweep", SWEEP_RECIPE, "--grid", "train.lr=0.01,0.003", "--grid", "trai
 def test_sweep_killed_again_and_again_resumes_and_runs_every_point_once(tmp_path):
     """A 4-point sweep killed three times, each as a trial that process started writes its first checkpoint (the
     first process in its first trial; the others after they failed the dead trial and took a new one); after each
-    kill no file under the sweep is partial. The same command then fails the last dead trial, runs what is left, and every point has
-    completed exactly once."""
+    kill no file under the sweep is partial. The same command then fails the last dead trial, runs what is left,
+    and every point has completed exactly once."""
     optuna = pytest.importorskip("optuna")
     out = tmp_path / "sweep"
     args = [*SWEEP, "-o", str(out)]
