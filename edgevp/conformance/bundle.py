@@ -145,6 +145,7 @@ def _where(f: Finding, prefix: str) -> Finding:
 def gate_bundle(bundle: Path, result: dict) -> dict:
     """The export/pack gate: record `check_bundle` under `result["conformance"]` and fail `result` on any error."""
     report = check_bundle(bundle).to_dict()
+    report["bundle"] = bundle.name  # checked in the staging folder: recorded as the folder it is installed as
     result["conformance"] = report
     if result.get("status", "ok") == "ok" and not report["ok"]:
         result.update(status="failed", error=f"the bundle breaks {len(report['errors'])} device-tool rule(s): "

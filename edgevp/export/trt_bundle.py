@@ -11,8 +11,10 @@ from pathlib import Path
 
 from ..conformance.graph import PROBS
 from ..conformance.platforms import resolve
-from ..io import sha256_file as sha256, write_json, write_text
-from .bundle import SCRIPT, bundle_versions, flags_by_version, shapes_arg, verify_script, version_cases, write_references
+from ..io import write_text
+from ..runtime import formats
+from .bundle import bundle_versions
+from .device_bundle import BundleSpec, TritonModel, stage_bundle, write_device_bundle
 from .onnx import INPUT, OUTPUT
 from .ort import RANGES_FILE
 
@@ -71,77 +73,66 @@ def engine_shapes(ctx) -> dict[str, tuple[int, ...]]:
     return {"min": (1, *chw), "opt": (1, *chw), "max": (1, *chw)}
 
 
-def _shapes_flags(shp: dict) -> str:
-    dims = {INPUT: {k: "x".join(map(str, v)) for k, v in shp.items()}}
-    if shp["min"] == shp["max"]:
-        return f"--shapes={shapes_arg('opt', dims)}"
-    return " ".join(f"--{w}Shapes={shapes_arg(w, dims)}" for w in ("min", "opt", "max"))
+def _dims(shp: dict) -> dict[str, dict[str, str]]:
+    return {INPUT: {k: "x".join(map(str, v)) for k, v in shp.items()}}
 
 
 def write_bundle(ctx, precision: str, result: dict) -> tuple[Path, str]:
     """Create `trt-<precision>/` in the staging dir from the gated ONNX files; returns (dir, onnx name)."""
-    from ..runtime import formats
     from .onnx import metadata
 
-    bundle = ctx.work / f"trt-{precision}"
-    bundle.mkdir()
+    bundle = stage_bundle(ctx.work, precision, result["files"])
     onnx_name = ONNX_NAME[precision]
-    for name in result["files"]:
-        shutil.move(str(ctx.work / name), bundle / name)
-    platforms = resolve(ctx.opts.platform)
     shp = engine_shapes(ctx)
     x, _ = ctx.info["val"]
     n = min(REFERENCE_IMAGES, len(x))
     batch = shp["opt"][0]
-    feeds = [{INPUT: ctx.deploy_input(x[i:i + batch])} for i in range(0, n - n % batch, batch)]
-    ref = write_references(bundle, onnx_name, feeds, precision, ctx.info["fp32_logits"][:n])
     if (ctx.work / "test.npz").is_file():  # written by the export pipeline before the target ran
         shutil.copyfile(ctx.work / "test.npz", bundle / "test.npz")
     classes = ctx.classes()
     model = formats.model_name(ctx.run.path.name, precision)
-    write_text(bundle / "build_engine.sh", SCRIPT.format(
-        onnx=onnx_name, shapes=_shapes_flags(shp), precision=precision, versions=bundle_versions(platforms),
-        platform=ctx.opts.platform, cases=version_cases(platforms, precision)) + TOOLING_SCRIPT.format(model=model))
-    write_text(bundle / "verify.sh", verify_script(f"model.trt*-{precision}.engine", len(feeds), [INPUT],
-                                                   f"--shapes={INPUT}:{'x'.join(map(str, shp['opt']))}"
-                                                   if shp["min"] != shp["max"] else "", ref["tolerances"]))
-    for script in ("build_engine.sh", "verify.sh"):
-        (bundle / script).chmod(0o755)
     data = json.loads(metadata(ctx, result.get("onnx") or {"exporter": ctx.opts.exporter, "opset": ctx.opts.opset})
                       ["data_config"])
     chw = list(ctx.model.info.input_size)
-    write_text(bundle / "labels.txt", formats.labels_txt(classes))
     deepstream = _write_deepstream(bundle, onnx_name, chw, shp["max"][0], precision, data, classes)
-    triton = _write_triton(bundle, onnx_name, model, chw, classes, shp, ctx.opts)
     dynamic = shp["min"] != shp["max"]
-    write_json(bundle / "model.json", {
-        "onnx": onnx_name, "onnx_sha256": sha256(bundle / onnx_name), "precision": precision, "input": INPUT,
-        "output": OUTPUT, "outputs": [OUTPUT, PROBS], "input_dtype": "float32", "output_dtype": "float32",
-        "input_shape": ["batch" if dynamic else 1, *chw], "output_shape": ["batch" if dynamic else 1, len(classes)],
-        "shapes": {k: list(v) for k, v in shp.items()}, "class_names": classes, "labels": "labels.txt",
-        "preprocessing": formats.preprocessing(data), "data_config": data,
-        "platform": ctx.opts.platform, "platforms": [p.name for p in platforms],
-        "trtexec_flags": flags_by_version(platforms, precision), "reference": ref,
-        "source_run": ctx.run.path.name, "source_checkpoint_sha256": ctx.checkpoint_sha256,
-        "method": ctx.cfg.method, "backbone": ctx.cfg.backbone.name,
-        "test_split": "test.npz" if (bundle / "test.npz").is_file() else None,
-        "engine_name": "model.trt<TensorRT major.minor>-sm<compute capability>-" + precision + ".engine",
-        "deepstream": deepstream, "triton": triton, "built_by": "build_engine.sh"})
+    spec = BundleSpec(
+        onnx=onnx_name, precision=precision, platform=ctx.opts.platform, dims=_dims(shp),
+        feeds=[{INPUT: ctx.deploy_input(x[i:i + batch])} for i in range(0, n - n % batch, batch)],
+        fp32_logits=ctx.info["fp32_logits"][:n], tail=TOOLING_SCRIPT.format(model=model),
+        labels={"labels.txt": classes}, triton=_triton_models(bundle / onnx_name, model, chw, classes, shp, ctx.opts),
+        record={
+            "input": INPUT, "output": OUTPUT, "outputs": [OUTPUT, PROBS], "input_dtype": "float32",
+            "output_dtype": "float32", "input_shape": ["batch" if dynamic else 1, *chw],
+            "output_shape": ["batch" if dynamic else 1, len(classes)], "shapes": {k: list(v) for k, v in shp.items()},
+            "class_names": classes, "labels": "labels.txt", "preprocessing": formats.preprocessing(data),
+            "data_config": data, "source_run": ctx.run.path.name, "source_checkpoint_sha256": ctx.checkpoint_sha256,
+            "method": ctx.cfg.method, "backbone": ctx.cfg.backbone.name,
+            "test_split": "test.npz" if (bundle / "test.npz").is_file() else None,
+            "engine_name": "model.trt<TensorRT major.minor>-sm<compute capability>-" + precision + ".engine",
+            "deepstream": deepstream,
+            "triton": {"repository": "triton", "tensorrt": model, "onnxruntime": f"{model}_onnx"}},
+        readme=lambda record: _readme(ctx, record, data, deepstream, shp, n))
+    write_device_bundle(bundle, spec)
+    return bundle, onnx_name
+
+
+def _readme(ctx, record: dict, data: dict, deepstream: dict, shp: dict, n: int) -> str:
     scale, offsets, _ = formats.nvinfer_scale(data)
     test = ctx.info.get("test_split") or {}
-    (bundle / "README.md").write_text(README.format(
+    chw, tol, precision = record["input_shape"][1:], record["reference"]["tolerances"], record["precision"]
+    return README.format(
         precision=precision, version=_version(), run=ctx.run.path.name, method=ctx.cfg.method,
-        backbone=ctx.cfg.backbone.name, onnx=onnx_name, input=INPUT, output=OUTPUT, probs=PROBS,
-        shape="x".join(map(str, shp["opt"])), classes=len(classes), resize=data.get("resize", "direct"), h=chw[1],
-        w=chw[2], norm="normalisation inside the model" if data.get("include_preprocess", True) else
+        backbone=ctx.cfg.backbone.name, onnx=record["onnx"], input=INPUT, output=OUTPUT, probs=PROBS,
+        shape="x".join(map(str, shp["opt"])), classes=len(record["class_names"]), resize=data.get("resize", "direct"),
+        h=chw[1], w=chw[2], norm="normalisation inside the model" if data.get("include_preprocess", True) else
         f"then (x - mean) / std with mean {data['mean']} and std {data['std']}", test=test.get("images", 0),
-        sha=sha256(bundle / onnx_name), n=n, batch=batch, atol=ref["tolerances"]["atol"],
-        rtol=ref["tolerances"]["rtol"], model=model, scale=scale, offsets=offsets,
-        filter=deepstream["scaling_filter"], versions=bundle_versions(platforms), platform=ctx.opts.platform,
+        sha=record["onnx_sha256"], n=n, batch=shp["opt"][0], atol=tol["atol"], rtol=tol["rtol"],
+        model=record["triton"]["tensorrt"], scale=scale, offsets=offsets, filter=deepstream["scaling_filter"],
+        versions=bundle_versions(resolve(ctx.opts.platform)), platform=ctx.opts.platform,
         fidelity="Preprocessing equals training's." if deepstream["exact"] else
         "Preprocessing DIFFERS from training's: " + " ".join(deepstream["differences"]),
-        int8=INT8_NOTE if precision == "int8" else ""))
-    return bundle, onnx_name
+        int8=INT8_NOTE if precision == "int8" else "")
 
 
 def _version() -> str:
@@ -154,8 +145,6 @@ def _write_deepstream(bundle: Path, onnx_name: str, chw: list[int], batch: int, 
                       classes: list[str]) -> dict:
     """deepstream/: the nvinfer config (paths relative to its folder; build_engine.sh points model-engine-file at
     its engine) and labels; returns what model.json records of it."""
-    from ..runtime import formats
-
     ds = bundle / "deepstream"
     ds.mkdir()
     write_text(ds / "labels.txt", formats.deepstream_labels(classes))
@@ -165,21 +154,12 @@ def _write_deepstream(bundle: Path, onnx_name: str, chw: list[int], batch: int, 
     return {"config": "deepstream/config_infer_primary.txt", "output": PROBS, **formats.deepstream_fidelity(data)}
 
 
-def _write_triton(bundle: Path, onnx_name: str, model: str, chw: list[int], classes: list[str], shp: dict,
-                  opts) -> dict:
+def _triton_models(onnx: Path, model: str, chw: list[int], classes: list[str], shp: dict,
+                   opts) -> list[TritonModel]:
     """triton/: the TensorRT plan's model (1/model.plan, placed by build_engine.sh) and an ONNX Runtime fallback."""
-    from ..runtime import formats
-
     engine_batch = shp["max"][0] if shp["min"] != shp["max"] else 0
     onnx_batch = opts.trt_max_batch if opts.dynamic_batch else 0
-    for name, platform, max_batch in ((model, "tensorrt_plan", engine_batch),
-                                      (f"{model}_onnx", "onnxruntime_onnx", onnx_batch)):
-        d = bundle / "triton" / name
-        (d / "1").mkdir(parents=True)
-        write_text(d / "labels.txt", formats.labels_txt(classes))
-        write_text(d / "config.pbtxt", formats.triton_config(
-            name=name, platform=platform, inputs=[(INPUT, "float32", chw)],
-            outputs=[(OUTPUT, [len(classes)]), (PROBS, [len(classes)])], max_batch_size=max_batch))
-        if platform == "onnxruntime_onnx":
-            shutil.copyfile(bundle / onnx_name, d / "1" / "model.onnx")
-    return {"repository": "triton", "tensorrt": model, "onnxruntime": f"{model}_onnx"}
+    inputs, outputs = [(INPUT, "float32", chw)], [(OUTPUT, [len(classes)]), (PROBS, [len(classes)])]
+    return [TritonModel(model, "tensorrt_plan", inputs, outputs, engine_batch, classes),
+            TritonModel(f"{model}_onnx", "onnxruntime_onnx", inputs, outputs, onnx_batch, classes,
+                        onnx_file=lambda dst: shutil.copyfile(onnx, dst))]

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from ..conformance.platforms import resolve
-from ..export.bundle import (SCRIPT, bundle_versions, flags_by_version, shapes_arg, verify_script, version_cases,
-                             write_references)
-from ..io import sha256_file, write_json, write_text
+from ..export.bundle import bundle_versions
+from ..export.device_bundle import BundleSpec, TritonModel, stage_bundle, write_device_bundle
+from ..runtime.sidecar import target_precision
 from .graph import IMAGES, LOGITS, TASK, is_row_table
 from .tables import PAD_LOGIT
 
@@ -75,80 +76,57 @@ def _reference_feeds(tasks, tables: dict, opts) -> list[dict[str, np.ndarray]]:
 
 def write_trt_bundle(work: Path, files: list[str], tasks, opts, gate: dict) -> str:
     """Move the pack's files into `trt-<precision>/` and complete the bundle; returns the folder name."""
-    from .. import __version__
-    from ..runtime import formats
-
-    precision = opts.target.split("-", 1)[1]
-    bundle = work / f"trt-{precision}"
-    bundle.mkdir()
-    for name in files:
-        shutil.move(str(work / name), bundle / name)
+    precision = target_precision(opts.target)
+    bundle = stage_bundle(work, precision, files)
     onnx_name = next(f for f in files if f.endswith(".onnx"))
     c, h, w = tasks[0].model.info.input_size
     tables = dict(np.load(bundle / "tables.npz")) if opts.tables_as_inputs else {}
-    platforms = resolve(opts.platform)
     dims = _dims(tables, c, h, w, opts)
-    spec = " ".join(f"--{which}Shapes={shapes_arg(which, dims)}" for which in ("min", "opt", "max"))
-    feeds = _reference_feeds(tasks, tables, opts)
-    ref = write_references(bundle, onnx_name, feeds, precision, None, int32_inputs=(TASK,))
-    write_text(bundle / "build_engine.sh", SCRIPT.format(
-        onnx=onnx_name, shapes=spec, precision=precision, versions=bundle_versions(platforms), platform=opts.platform,
-        cases=version_cases(platforms, precision))
-        + (TRITON_TAIL if not tables else "")
-        + 'echo "engine: $(pwd)/$ENGINE; check it: ./verify.sh $ENGINE (edgevp profile $ENGINE --task mixed)"\n')
-    run_shapes = f"--shapes={shapes_arg('opt', dims)}"
-    write_text(bundle / "verify.sh", verify_script(f"model.trt*-{precision}.engine", len(feeds), list(dims),
-                                                   run_shapes, ref["tolerances"], int32_inputs=(TASK,)))
-    for script in ("build_engine.sh", "verify.sh"):
-        (bundle / script).chmod(0o755)
-    (bundle / "labels").mkdir()
-    for i, t in enumerate(tasks):
-        write_text(bundle / "labels" / f"{i}.txt", formats.labels_txt(t.classes))
     c_max = max(len(t.classes) for t in tasks)
-    triton = _write_triton(bundle, onnx_name, dims, tables, c_max, opts)
-    write_json(bundle / "model.json", {
-        "kind": "pack", "onnx": onnx_name, "onnx_sha256": sha256_file(bundle / onnx_name), "precision": precision,
-        "inputs": list(dims), "input": IMAGES, "output": LOGITS, "outputs": [LOGITS], "num_tasks": len(tasks),
-        "tasks": "tasks.json", "labels": {str(i): f"labels/{i}.txt" for i in range(len(tasks))},
-        "shapes": dims, "platform": opts.platform, "platforms": [p.name for p in platforms],
-        "trtexec_flags": flags_by_version(platforms, precision), "reference": ref,
-        "triton": triton, "deepstream": {"config": None, "reason": DEEPSTREAM_REASON},
-        "built_by": "build_engine.sh"})
-    (bundle / "README.md").write_text(README.format(
-        n=len(tasks), precision=precision, version=__version__, onnx=onnx_name, h=h, w=w, pad=PAD_LOGIT,
-        norm="" if opts.include_preprocess else ", normalised", max_batch=opts.trt_max_batch, c_max=c_max,
-        tasks=", ".join(f"{i}: {t.run.name}" for i, t in enumerate(tasks)), versions=bundle_versions(platforms),
-        platform=opts.platform, feeds=len(feeds), deepstream=DEEPSTREAM_REASON,
-        tables=f"- `tables.npz`: the task tables, engine inputs (task axis 1..{max(opts.max_tasks, len(tasks))}); "
-               "`edgevp pack RUN... -o DIR --update-tables` writes a new one to add or update a task, no rebuild.\n"
-               if opts.tables_as_inputs else ""))
+    feeds = _reference_feeds(tasks, tables, opts)
+    spec = BundleSpec(
+        onnx=onnx_name, precision=precision, platform=opts.platform, dims=dims,
+        feeds=feeds, int32_inputs=(TASK,),
+        tail=(TRITON_TAIL if not tables else "") + 'echo "engine: $(pwd)/$ENGINE; check it: ./verify.sh $ENGINE '
+                                                   '(edgevp profile $ENGINE --task mixed)"\n',
+        labels={f"labels/{i}.txt": t.classes for i, t in enumerate(tasks)},
+        triton=_triton_models(bundle / onnx_name, [c, h, w], tables, c_max, opts),
+        record={"kind": "pack", "inputs": list(dims), "input": IMAGES, "output": LOGITS, "outputs": [LOGITS],
+                "num_tasks": len(tasks), "tasks": "tasks.json",
+                "labels": {str(i): f"labels/{i}.txt" for i in range(len(tasks))}, "shapes": dims,
+                "triton": _triton_record(tables), "deepstream": {"config": None, "reason": DEEPSTREAM_REASON}},
+        readme=lambda record: README.format(
+            n=len(tasks), precision=precision, version=__version__, onnx=onnx_name, h=h, w=w, pad=PAD_LOGIT,
+            norm="" if opts.include_preprocess else ", normalised", max_batch=opts.trt_max_batch, c_max=c_max,
+            tasks=", ".join(f"{i}: {t.run.name}" for i, t in enumerate(tasks)),
+            versions=bundle_versions(resolve(opts.platform)), platform=opts.platform,
+            feeds=len(feeds),
+            deepstream=DEEPSTREAM_REASON,
+            tables=f"- `tables.npz`: the task tables, engine inputs (task axis 1..{max(opts.max_tasks, len(tasks))}); "
+                   "`edgevp pack RUN... -o DIR --update-tables` writes a new one to add or update a task, no "
+                   "rebuild.\n" if opts.tables_as_inputs else ""))
+    write_device_bundle(bundle, spec)
     gate["trt"] = {"bundle": bundle.name, "engine": None,
                    "note": "build the engine on the device with build_engine.sh (no TensorRT here)"}
     return bundle.name
 
 
-def _write_triton(bundle: Path, onnx_name: str, dims: dict, tables: dict, classes: int, opts) -> dict:
+def _triton_models(onnx: Path, chw: list[int], tables: dict, classes: int, opts) -> list[TritonModel]:
     """triton/pack (TensorRT plan, placed by build_engine.sh) and triton/pack_onnx (ONNX Runtime): `images` and
     `task` per request, batched by Triton's dynamic batcher, so requests for different tasks share a batch. Triton
     gives every input of a batching model a batch axis, which tables do not have: with tables as inputs the
     repository serves a copy of the graph with the bundle's tables frozen in as constants (`freeze_tables`), through
     ONNX Runtime only (the engine build_engine.sh makes takes the tables as inputs, for edgevp's runtime)."""
-    from ..runtime import formats
+    inputs, outputs = [(IMAGES, "float32", chw), (TASK, "int64", [])], [(LOGITS, [classes])]
+    labels = [str(i) for i in range(classes)]
+    onnx_file = (lambda dst: freeze_tables(onnx, tables, dst)) if tables else (lambda dst: shutil.copyfile(onnx, dst))
+    onnx_model = TritonModel("pack_onnx", "onnxruntime_onnx", inputs, outputs, opts.trt_max_batch, labels, onnx_file)
+    if tables:
+        return [onnx_model]
+    return [TritonModel("pack", "tensorrt_plan", inputs, outputs, opts.trt_max_batch, labels), onnx_model]
 
-    c, h, w = (int(v) for v in dims[IMAGES]["opt"].split("x")[1:])
-    models = (("pack_onnx", "onnxruntime_onnx"),) if tables else (("pack", "tensorrt_plan"),
-                                                                  ("pack_onnx", "onnxruntime_onnx"))
-    for name, platform in models:
-        d = bundle / "triton" / name
-        (d / "1").mkdir(parents=True)
-        write_text(d / "labels.txt", "".join(f"{i}\n" for i in range(classes)))
-        write_text(d / "config.pbtxt", formats.triton_config(
-            name=name, platform=platform, inputs=[(IMAGES, "float32", [c, h, w]), (TASK, "int64", [])],
-            outputs=[(LOGITS, [classes])], max_batch_size=opts.trt_max_batch))
-        if platform == "onnxruntime_onnx" and tables:
-            freeze_tables(bundle / onnx_name, tables, d / "1" / "model.onnx")
-        elif platform == "onnxruntime_onnx":
-            shutil.copyfile(bundle / onnx_name, d / "1" / "model.onnx")
+
+def _triton_record(tables: dict) -> dict:
     if tables:
         return {"repository": "triton", "tensorrt": None, "onnxruntime": "pack_onnx", "tables": "frozen",
                 "reason": "Triton batches every input and the tables have no batch axis: triton/pack_onnx serves the "

@@ -242,6 +242,13 @@ def test_pack_bundle_is_as_complete_as_an_export_bundle(bundles):
     meta = json.loads((bundle / "model.json").read_text())
     assert meta["deepstream"]["config"] is None and "task" in meta["deepstream"]["reason"]
     assert "model_fp32.onnx" not in (bundle / "build_engine.sh").read_text()
+    # one writer (export/device_bundle.py): the same common record, and the gate names the installed folder
+    single = json.loads((bundles["fp32"] / "model.json").read_text())
+    common = {"onnx", "onnx_sha256", "precision", "platform", "platforms", "trtexec_flags", "reference", "triton",
+              "deepstream", "built_by"}
+    assert common <= set(meta) and common <= set(single)
+    for sidecar in (bundles["root"] / "export" / "trt-fp32.json", bundles["root"] / "pack" / "pack.json"):
+        assert json.loads(sidecar.read_text())["conformance"]["bundle"] == "trt-fp32"
 
 
 def test_sidecars_are_readable_and_no_lock_is_left(bundles):
