@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import shutil
 from pathlib import Path
 
 from .errors import ConfigError, IncompatibleError
 from .io import atomic_path, check_writable, staged_dir, write_json, write_text
 from .optional import pyplot
-from .records import TrainInfo, train_info_of
+from .records import EvalRecord, ExportRecord, ProfileRecord, TrainInfo, train_info_of
 from .runs import RunDir
 from .sweep.summary import is_sweep, sweep_section
 from .tables import cell, markdown_table
@@ -28,13 +27,7 @@ def _profiles(runs: list[Path], extra: list[Path] = ()) -> list[dict]:
             if run is not None:  # a run without a profile
                 continue
             raise IncompatibleError(f"profile '{f}' does not exist", "give a profile.json written by `edgevp profile`")
-        try:
-            res = json.loads(Path(f).read_text())
-        except (OSError, ValueError):
-            res = None
-        if not isinstance(res, dict) or not isinstance(res.get("rows"), list) or "reference" not in res:
-            raise IncompatibleError(f"'{f}' is not a readable edgevp profile.json",
-                                    "give the profile.json written by `edgevp profile`")
+        res = ProfileRecord.read(f).to_json()
         res["_run"] = run and run.resolve()
         out.append(res)
     return out
@@ -88,13 +81,11 @@ def _deployed_top1(run: Path) -> dict:
     export = run / "export"
     for f in sorted(export.rglob("eval.json")) if export.is_dir() else []:
         try:
-            doc = json.loads(f.read_text())
-            art = doc["artifact"]
-            label = f"engine-{art['precision']}" if art.get("kind") == "engine" else str(art["precision"])
-            key = (doc.get("data", {}).get("kind") == "test.npz", str(doc.get("created_at", "")))
-            value = float(doc["top1"])
-        except (OSError, ValueError, KeyError, TypeError):
+            doc = EvalRecord.read(f)
+        except IncompatibleError:
             continue
+        label, value = doc.form, float(doc.top1)
+        key = (doc.data.get("kind") == "test.npz", str(doc.created_at))
         if label not in found or key > found[label][0]:
             found[label] = (key, value)
     order = {"fp32": 0, "fp16": 1, "int8": 2}
@@ -158,10 +149,9 @@ def is_pack(path: Path) -> bool:
     if not side.is_file():
         return False
     try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError):
+        return ExportRecord.read(side).kind == "pack"
+    except IncompatibleError:
         return False
-    return isinstance(meta, dict) and meta.get("kind") == "pack"
 
 
 def report_inputs(paths: list[Path]) -> list[Path]:
@@ -262,8 +252,8 @@ def _run_test_top1(manifest: dict) -> float | None:
 def summarize_pack(pack: Path, runs: list[Path] = (), profiles: list[dict] = ()) -> dict:
     """One pack: {"pack", "status", "target", "tasks": [row per task], "shared": {cost row}}."""
     pack = Path(pack)
-    meta = json.loads((pack / "pack.json").read_text())
-    status = meta.get("status", "?")
+    record = ExportRecord.read(pack / "pack.json")
+    meta, status = record.to_json(), record.status
     index = _run_index(list(runs))
     parity = {p.get("task"): p for p in (meta.get("parity") or {}).get("per_task", []) if isinstance(p, dict)}
     tasks, separate, found = [], 0, 0

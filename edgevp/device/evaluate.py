@@ -209,7 +209,8 @@ def default_out(artifact_arg: Path, model: Path) -> Path:
 def write_eval(out: Path, artifact: Artifact, data: EvalData, result: dict, reference: dict | None) -> dict:
     """eval.json, eval.csv (per class), confusion.csv, confusion.png (with matplotlib). Returns the eval.json dict."""
     from .. import __version__
-    from ..io import sha256_file, write_json, write_text
+    from ..io import sha256_file, write_text
+    from ..records import EvalRecord
     from ..optional import pyplot
     from ..runs import now
 
@@ -256,8 +257,9 @@ def write_eval(out: Path, artifact: Artifact, data: EvalData, result: dict, refe
         fig.savefig(out / "confusion.png", dpi=100)
         plt.close(fig)
         doc["files"].append("confusion.png")
-    write_json(out / "eval.json", doc)
-    return doc
+    record = EvalRecord.from_json(doc, "eval.json")
+    record.write(out / "eval.json")
+    return record.to_json()
 
 
 def summary_line(doc: dict, out: Path) -> str:

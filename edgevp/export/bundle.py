@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..conformance.platforms import Platform
+from ..errors import EXIT_MISSING, EXIT_OK, EXIT_VERIFY
 from ..io import write_json, write_text
 
 REFERENCE_DIR = "reference"
@@ -28,6 +29,8 @@ RUNNER = "onnxrt-runner"
 # reduced precisions also allow twice what the ONNX itself moved from fp32 on these inputs
 TOLERANCE_FLOOR = {"fp32": (1e-3, 1e-3), "fp16": (1e-2, 1e-2), "int8": (5e-2, 5e-2)}
 WORKSPACE_MIB = 1024  # shared with the CPU on 8 GB Jetsons
+# the bundle scripts' exit codes are edgevp's: 3 an engine differs from the references, 4 something is missing here
+SCRIPT_EXITS = {"exit_ok": EXIT_OK, "exit_verify": EXIT_VERIFY, "exit_missing": EXIT_MISSING}
 
 
 def trtexec_flags(platform: Platform, precision: str) -> list[str]:
@@ -84,14 +87,14 @@ if [ -z "$TRT_VERSION" ]; then  # trtexec prints "[TensorRT v100300]" (10.3) or 
   if [ -n "$V" ] && [ "$V" -ge 100000 ]; then TRT_VERSION="$((V / 10000)).$((V / 100 % 100))";
   elif [ -n "$V" ]; then TRT_VERSION="$((V / 1000)).$((V / 100 % 10))"; fi
 fi
-[ -n "$TRT_VERSION" ] || {{ echo "cannot tell the TensorRT version here: set TRT_VERSION=10.3" >&2; exit 4; }}
+[ -n "$TRT_VERSION" ] || {{ echo "cannot tell the TensorRT version here: set TRT_VERSION=10.3" >&2; exit {exit_missing}; }}
 TRT_VERSION=$(echo "$TRT_VERSION" | cut -d. -f1-2)
 # trtexec flags per TensorRT version (8.x: weak typing with precision flags, no --stronglyTyped; 10.x: strongly
 # typed from the precision-explicit ONNX)
 case "$TRT_VERSION" in
 {cases}
   *) echo "this bundle was made for TensorRT {versions} (--platform {platform}); this device has TensorRT" \\
-       "$TRT_VERSION: export again with --platform all or the platform of this device" >&2; exit 4 ;;
+       "$TRT_VERSION: export again with --platform all or the platform of this device" >&2; exit {exit_missing} ;;
 esac
 SM=${{SM:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .' || true)}}
 case "$SM" in ''|*[!0-9]*)  # Jetson: nvidia-smi may not know compute_cap; the SoC tells it
@@ -99,7 +102,7 @@ case "$SM" in ''|*[!0-9]*)  # Jetson: nvidia-smi may not know compute_cap; the S
     *tegra234*) SM=87 ;; *tegra194*) SM=72 ;; *tegra186*) SM=62 ;; *tegra210*) SM=53 ;; *) SM="" ;;
   esac ;;
 esac
-[ -n "$SM" ] || {{ echo "cannot tell the GPU's compute capability here: set SM=87" >&2; exit 4; }}
+[ -n "$SM" ] || {{ echo "cannot tell the GPU's compute capability here: set SM=87" >&2; exit {exit_missing}; }}
 ENGINE="model.trt${{TRT_VERSION}}-sm${{SM}}-{precision}.engine"
 "$TRTEXEC" --onnx={onnx} --saveEngine="$ENGINE" --timingCacheFile=timing.cache {shapes} "${{FLAGS[@]}}" "$@"
 # the engine's sidecar (<engine stem>.json, also model.json): the TensorRT version and GPU it was built for, which
@@ -231,7 +234,7 @@ def verify_script(engine_glob: str, feeds: int, inputs: list[str], run_shapes: s
     load = ",".join(f"{n}:{REFERENCE_DIR}/input_$K.{n}$(suffix {n}).bin" for n in inputs)
     i32 = " ".join(int32_inputs)
     return VERIFY.format(glob=engine_glob, atol=tol["atol"], rtol=tol["rtol"], feeds=feeds, load=load,
-                         shapes=run_shapes, i32=i32, ref=REFERENCE_DIR)
+                         shapes=run_shapes, i32=i32, ref=REFERENCE_DIR, **SCRIPT_EXITS)
 
 
 VERIFY = """#!/usr/bin/env bash
@@ -245,17 +248,17 @@ cd "$(dirname "$0")"
 ATOL={atol!r}
 RTOL={rtol!r}
 TARGET=${{1:-$(ls -t {glob} 2>/dev/null | head -1 || true)}}
-[ -n "$TARGET" ] || {{ echo "no engine here: run ./build_engine.sh first (or ./verify.sh model.onnx)" >&2; exit 4; }}
+[ -n "$TARGET" ] || {{ echo "no engine here: run ./build_engine.sh first (or ./verify.sh model.onnx)" >&2; exit {exit_missing}; }}
 if command -v polygraphy >/dev/null 2>&1; then
   case "$TARGET" in
     *.onnx) RUNNER=(--onnxrt) ;;
     *) RUNNER=(--trt --model-type engine) ;;
   esac
   polygraphy run "$TARGET" "${{RUNNER[@]}}" --load-inputs {ref}/inputs.json --load-outputs {ref}/outputs.json \\
-    --atol "$ATOL" --rtol "$RTOL" || exit 3
-  exit 0
+    --atol "$ATOL" --rtol "$RTOL" || exit {exit_verify}
+  exit {exit_ok}
 fi
-case "$TARGET" in *.onnx) echo "checking an ONNX needs Polygraphy: pip install polygraphy" >&2; exit 4 ;; esac
+case "$TARGET" in *.onnx) echo "checking an ONNX needs Polygraphy: pip install polygraphy" >&2; exit {exit_missing} ;; esac
 TRTEXEC=${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}
 MAJOR=$("$TRTEXEC" --help 2>&1 | grep -o 'TensorRT v[0-9]*' | head -1 | tr -dc '0-9' || true)
 suffix() {{  # TensorRT 8.x binds INT64 inputs as INT32
@@ -282,7 +285,7 @@ for k in range(feeds):
         worst = max(worst, float(diff.max()))
         if not (diff <= atol + rtol * np.abs(want)).all():
             print(f"FAILED: feed {{k}} output {{name}}: max abs {{diff.max():.4g}} (atol {{atol}}, rtol {{rtol}})")
-            sys.exit(3)
+            sys.exit({exit_verify})
 print(f"PASSED: {{feeds}} reference feeds, max abs {{worst:.4g}} (atol {{atol}}, rtol {{rtol}})")
 PY
 """

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..conformance.platforms import resolve
 from ..io import sha256_file, write_json, write_text
-from .bundle import SCRIPT, bundle_versions, flags_by_version, shapes_arg, verify_script, version_cases, write_references
+from .bundle import SCRIPT, SCRIPT_EXITS, bundle_versions, flags_by_version, shapes_arg, verify_script, version_cases, write_references
 
 SCRIPTS = ("build_engine.sh", "verify.sh")
 
@@ -92,7 +92,7 @@ def write_device_bundle(bundle: Path, spec: BundleSpec) -> dict:
                            int32_inputs=spec.int32_inputs)
     write_text(bundle / "build_engine.sh", SCRIPT.format(
         onnx=spec.onnx, shapes=spec.build_shapes(), precision=spec.precision, versions=bundle_versions(platforms),
-        platform=spec.platform, cases=version_cases(platforms, spec.precision)) + spec.tail)
+        platform=spec.platform, cases=version_cases(platforms, spec.precision), **SCRIPT_EXITS) + spec.tail)
     write_text(bundle / "verify.sh", verify_script(f"model.trt*-{spec.precision}.engine", len(spec.feeds),
                                                    list(spec.dims), spec.run_shapes(), ref["tolerances"],
                                                    int32_inputs=spec.int32_inputs))

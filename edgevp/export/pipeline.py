@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from ..config import check_options
 from ..errors import ConfigError, MissingError, VerificationError
-from ..io import sha256_file as sha256, write_json
+from ..io import sha256_file as sha256
+from ..records import ExportRecord
 from ..runs import writer_lock
 from ..runtime.sidecar import target_precision
 from .targets import get_target
@@ -217,14 +218,17 @@ def _build_and_install(run, cfg, model, deploy, header, opts: ExportOptions, out
         status = result.get("status", "ok")
         if test_split is not None and status != "failed" and TEST_FILE not in result["files"]:
             result = {**result, "files": [*result["files"], TEST_FILE], "test_split": test_split}
-        sidecar = {"status": status, "target": target.name, "precision": target_precision(target.name),
-                   "created_at": now(), "source_run": run.path.name,
-                   "source_checkpoint": opts.checkpoint, "source_checkpoint_sha256": ctx.checkpoint_sha256,
+        details = {"source_checkpoint": opts.checkpoint, "source_checkpoint_sha256": ctx.checkpoint_sha256,
                    "method": cfg.method, "backbone": cfg.backbone.name, "options": _jsonable(asdict(opts)),
-                   "fold": fold.to_dict(), **{k: v for k, v in result.items() if k != "files"}}
-        sidecar["files"] = install_staged(work, out, result["files"], failed=status == "failed")
+                   "fold": fold.to_dict(),
+                   **{k: v for k, v in result.items() if k not in ("files", "status", "error")}}
+        files = install_staged(work, out, result["files"], failed=status == "failed")
+        record = ExportRecord(status=status, target=target.name, precision=target_precision(target.name),
+                              created_at=now(), files=files, source_run=run.path.name, error=result.get("error"),
+                              details=details)
         sidecar_name = result.get("sidecar", "model.json")
-        write_json(out / sidecar_name, sidecar)
+        record.write(out / sidecar_name)
+        sidecar = record.to_json()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return sidecar, sidecar_name, status

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import ConfigError, IncompatibleError, VerificationError
 from ..io import read_json, write_json
+from ..records import ExportRecord
 from ..runtime.feeds import (IDENTITY, IMAGES, TABLES, TABLES_FILE, TASK, check_bound, live_tasks, retired_ids,
                              tables_identity)
 
@@ -61,7 +62,7 @@ def existing_pack(out: Path) -> dict:
     side = out / "pack.json"
     if not side.is_file():
         raise IncompatibleError(f"'{out}' holds no pack (no pack.json)", "pack the runs into it first")
-    meta = read_json(side)
+    meta = ExportRecord.read(side).to_json()
     if meta.get("status") != "ok" or not meta.get("options", {}).get("tables_as_inputs") or \
             not (out / "model.onnx").is_file():
         raise IncompatibleError(f"the pack in '{out}' does not take its tables as inputs (or is not an fp32 ONNX "
@@ -280,7 +281,7 @@ def commit(out: Path, tables: dict[str, np.ndarray], doc: dict, sidecar: dict) -
         with disk_full_is_one_line(work, out):
             np.savez(work / TABLES, **tables)
             write_json(work / "tasks.json", {**doc, TABLES_FILE: versioned})
-            write_json(work / "pack.json", sidecar)
+            ExportRecord.from_json(sidecar, "pack.json").write(work / "pack.json")
         os.replace(work / TABLES, out / versioned)  # not named by tasks.json yet: the old tables still serve
         os.replace(work / "tasks.json", out / "tasks.json")  # the commit point
         os.replace(work / "pack.json", out / "pack.json")

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import ConfigError, MissingError, VerificationError
 from ..optional import optional
 from ..io import write_json
+from ..records import ExportRecord
 from ..runtime.feeds import IDENTITY, tables_identity
 from ..runtime.sidecar import target_precision
 from .edit import existing_pack, table_inputs
@@ -97,15 +98,15 @@ def _pack_into(tasks: list[Task], out: Path, opts: PackOptions) -> dict:
                 files = [write_trt_bundle(work, files, tasks, opts, gate)]
                 gate = gate_bundle(work / files[0], gate)  # every file against the device tools' rules
             status = gate["status"]
-            sidecar = {"status": status, "kind": "pack", "target": opts.target,
-                       "precision": target_precision(opts.target), "created_at": now(),
-                       "edgevp_version": __version__, "backbone_sha256": tasks[0].fingerprint, "tasks": task_list,
-                       IDENTITY: identity, "fold": fold, "onnx": onnx_meta, "shared": task_facts(tasks[0]),
-                       "capacity": capacity_record(tasks, opts),
-                       "options": {k: v for k, v in asdict(opts).items()}, **{k: v for k, v in gate.items()
-                                                                              if k != "status"}}
-            sidecar["files"] = [final_name(f, status == "failed") for f in files]
-            write_json(work / "pack.json", sidecar)  # written before anything is installed: a full disk stops here
+            record = ExportRecord(
+                status=status, kind="pack", target=opts.target, precision=target_precision(opts.target),
+                created_at=now(), files=[final_name(f, status == "failed") for f in files], error=gate.get("error"),
+                details={"edgevp_version": __version__, "backbone_sha256": tasks[0].fingerprint, "tasks": task_list,
+                         IDENTITY: identity, "fold": fold, "onnx": onnx_meta, "shared": task_facts(tasks[0]),
+                         "capacity": capacity_record(tasks, opts), "options": asdict(opts),
+                         **{k: v for k, v in gate.items() if k not in ("status", "error")}})
+            record.write(work / "pack.json")  # written before anything is installed: a full disk stops here
+            sidecar = record.to_json()
         install_staged(work, out, files, failed=status == "failed")
         os.replace(work / "pack.json", out / "pack.json")
     finally:

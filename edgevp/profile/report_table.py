@@ -5,7 +5,8 @@ import csv
 import io
 from pathlib import Path
 
-from ..io import staged_dir, write_json, write_text
+from ..io import staged_dir, write_text
+from ..records import ProfileRecord
 from ..tables import cell, markdown_table
 
 COLUMNS = [("variant", "variant", "{}"), ("batch", "batch", "{}"), ("p50_ms", "p50 ms", "{:.2f}"),
@@ -39,7 +40,7 @@ def write_results(out_dir: Path, result: dict, stem: str = "profile") -> list[Pa
 
 
 def _write_files(out_dir: Path, result: dict, stem: str) -> None:
-    write_json(out_dir / f"{stem}.json", result)
+    ProfileRecord.from_json(result, f"{stem}.json").write(out_dir / f"{stem}.json")
     buf = io.StringIO()
     keys = [k for k, _, _ in COLUMNS]
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")

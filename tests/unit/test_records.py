@@ -12,7 +12,8 @@ import pytest
 
 from edgevp.config import DataConfig
 from edgevp.errors import EXIT_INCOMPATIBLE, IncompatibleError
-from edgevp.records import TRAIN_INFO_SCHEMA, EpochRecord, TrainInfo, train_info_of
+from edgevp.records import (TRAIN_INFO_SCHEMA, EpochRecord, EvalRecord, ExportRecord, ProfileRecord, TrainInfo,
+                            train_info_of)
 from edgevp.runs import RunDir
 
 from ..conftest import tiny_config
@@ -123,3 +124,52 @@ def test_each_loader_returns_one_typed_split_object(tmp_path):
     assert (len(s.train), len(s.val), s.test) == (6, 4, None)
     assert s.val.items == sorted(str(p) for p in (tmp_path / "val").rglob("*.png"))
     assert (s.source["root"], s.source["splits"]) == (str(tmp_path), ["train", "val"])
+
+
+# -- the deployment stages' records: export/pack sidecars, profile.json, eval.json -------------------------------------
+EXPORT_DOC = {"status": "ok", "target": "ort-fp16", "precision": "fp16", "created_at": "2026-12-04T00:00:00Z",
+              "files": ["model.fp16.onnx"], "source_run": "vpt", "parity": {"max_abs": 1e-5}, "options": {"opset": 17}}
+PACK_DOC = {"status": "failed", "kind": "pack", "target": "onnx", "precision": "fp32", "created_at": "t",
+            "files": ["model.onnx.failed"], "error": "pack vs own exports max abs 0.3", "tasks": [{"run": "a"}]}
+PROFILE_DOC = {"reference": "bare", "rows": [{"variant": "bare", "batch": 1, "p50_ms": 2.0}],
+               "conditions": {"bare": {"backend": "ort-cpu"}}, "machine": {"cpu": "x"}, "rounds": 3}
+EVAL_DOC = {"kind": "edgevp-eval", "created_at": "t", "artifact": {"kind": "engine", "precision": "int8"},
+            "data": {"kind": "test.npz"}, "images": 10, "top1": 90.0, "top5": 100.0, "top5_k": 5, "per_class": []}
+
+
+@pytest.mark.parametrize("cls, doc", [(ExportRecord, EXPORT_DOC), (ExportRecord, PACK_DOC),
+                                      (ProfileRecord, PROFILE_DOC), (EvalRecord, EVAL_DOC)])
+def test_stage_records_round_trip_and_carry_their_schema_version(tmp_path, cls, doc):
+    record = cls.from_json(doc, "x.json")
+    assert record.schema_version == 1  # written before the version existed: read as 1
+    assert record.to_json() == {**doc, "schema_version": 1}  # every field kept, the target's own ones too
+    record.write(tmp_path / "x.json")
+    again = cls.read(tmp_path / "x.json")
+    assert again == record and json.loads((tmp_path / "x.json").read_text())["schema_version"] == 1
+
+
+def test_stage_records_typed_fields():
+    assert ExportRecord.from_json(EXPORT_DOC, "m.json").kind == "export"
+    pack = ExportRecord.from_json(PACK_DOC, "pack.json")
+    assert (pack.kind, pack.status, pack.source_run, pack.details["tasks"]) == ("pack", "failed", None, [{"run": "a"}])
+    assert "source_run" not in pack.to_json() and "kind" not in ExportRecord.from_json(EXPORT_DOC, "m").to_json()
+    assert EvalRecord.from_json(EVAL_DOC, "e").form == "engine-int8"
+    bare = ProfileRecord.from_json({"reference": "bare", "rows": []}, "p")  # conditions and machine may be absent
+    assert (bare.conditions, bare.machine) == ({}, {})
+    assert EvalRecord.from_json({**EVAL_DOC, "artifact": {"kind": "onnx", "precision": "fp16"}}, "e").form == "fp16"
+
+
+@pytest.mark.parametrize("cls, doc", [(ExportRecord, EXPORT_DOC), (ProfileRecord, PROFILE_DOC),
+                                      (EvalRecord, EVAL_DOC)])
+def test_stage_records_refuse_newer_schemas_missing_fields_and_non_json(tmp_path, cls, doc):
+    with pytest.raises(IncompatibleError, match="newer edgevp") as e:
+        cls.from_json({**doc, "schema_version": 99}, "x.json")
+    assert e.value.exit_code == 6
+    required = next(k for k in doc if k not in ("kind", "created_at", "files", "conditions", "machine", "top5_k"))
+    with pytest.raises(IncompatibleError, match=f"no {required}"):
+        cls.from_json({k: v for k, v in doc.items() if k != required}, "x.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(IncompatibleError, match="not a readable"):
+        cls.read(tmp_path / "bad.json")
+    with pytest.raises(IncompatibleError, match="not a JSON object"):
+        cls.from_json([1], "x.json")
