@@ -1,6 +1,6 @@
 """Datasets' image files before training: checking that every file decodes, and fingerprints that tell whether a
 folder dataset changed. numpy + Pillow only (no torch). Decoding itself is edgevp.runtime.decode's (the one decoder
-training and the device share); `read_image` and `decoded_count` are named here for the tests that import them.
+training and the device share).
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import DataError
-from .runtime.decode import decode_error, decoded_count, read_image
+from .runtime.decode import decode_error
 
-__all__ = ["check_images", "content_sha256", "dataset_change", "decoded_count", "fingerprint", "read_image"]
+__all__ = ["check_images", "content_sha256", "dataset_change", "fingerprint"]
 
 
 def _cache_file() -> Path:

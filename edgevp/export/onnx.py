@@ -185,7 +185,7 @@ def build_fp32(ctx, name: str = "model.onnx", probabilities: bool = False) -> di
     parity["top1_torch"] = float((ref.argmax(1) == y).mean() * 100)
     parity["top1_onnx"] = float((got.argmax(1) == y).mean() * 100)
     ok = parity["max_abs"] <= opts.atol and parity["top1_agreement"] >= opts.min_top1_agreement
-    ctx.info.update(val=(x, y), fp32_logits=got)
+    ctx.val, ctx.fp32_logits = (x, y), got
     error = None if ok else (f"ORT vs PyTorch max abs {parity['max_abs']:.3g} (tolerance {opts.atol:g}), top-1 "
                              f"agreement {parity['top1_agreement']:.3f} (min {opts.min_top1_agreement:g})")
     return {"status": "ok" if ok else "failed", "error": error, "files": [name], "onnx": {

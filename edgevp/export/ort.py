@@ -154,12 +154,12 @@ def gate_vs_fp32(ctx, logits, result: dict, key: str = "accuracy_vs_fp32", what:
     val images and the training images that top them up (`precision.py`): the record goes under `result[key]`,
     and `result` is marked failed (its error prefixed by `what`) when the evidence says it is worse than the
     options allow."""
-    x, y = ctx.info["val"]
+    x, y = ctx.val
     extra, fp32_extra = agreement_images(ctx)
     got = logits(ctx.deploy_input(x))
     if len(extra):
         got = np.concatenate([got, logits(ctx.deploy_input(extra))])
-    ref = np.concatenate([ctx.info["fp32_logits"], fp32_extra]) if len(extra) else ctx.info["fp32_logits"]
+    ref = np.concatenate([ctx.fp32_logits, fp32_extra]) if len(extra) else ctx.fp32_logits
     rep = {**compare(ref, got), **precision_gate(ref, got, y, ctx.opts.max_drop, ctx.opts.min_agreement,
                                                  ctx.opts.gate_confidence)}
     failed = rep.pop("failed")
@@ -172,12 +172,12 @@ def gate_vs_fp32(ctx, logits, result: dict, key: str = "accuracy_vs_fp32", what:
 def agreement_images(ctx) -> tuple[np.ndarray, np.ndarray]:
     """The training images that top the val images up to `gate_images` (none when validation has enough) and the
     fp32 ONNX's logits on them; computed once per export."""
-    if "agreement_images" not in ctx.info:
-        x_val, _ = ctx.info["val"]
+    if ctx.agreement is None:
+        x_val, _ = ctx.val
         x = top_up(ctx.splits().train, len(x_val), ctx.opts.gate_images, ctx.opts.calib_images)
         fp32 = run_ort(session(ctx.work / "model.onnx"), ctx.deploy_input(x), ctx.batch) if len(x) else None
-        ctx.info["agreement_images"] = (x, fp32)
-    return ctx.info["agreement_images"]
+        ctx.agreement = (x, fp32)
+    return ctx.agreement
 
 
 def _accuracy_gate(ctx, name: str, result: dict) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,7 +120,11 @@ class ExportContext:
     work: Path  # staging directory (inside `out`)
     checkpoint_sha256: str = ""
     _splits: Any = None
-    info: dict = field(default_factory=dict)  # filled by targets, e.g. the fp32 ONNX they built
+    # what the fp32 ONNX gate (onnx.py) leaves for the gates and bundles after it
+    val: tuple[Any, Any] | None = None  # the gate's validation images ([0, 1], N×3×H×W) and labels
+    fp32_logits: Any = None  # the fp32 ONNX's logits on `val`
+    agreement: tuple[Any, Any] | None = None  # training images topping `val` up, and the fp32 logits on them
+    test_split: dict | None = None  # test.npz's record (write_test_split), None without one
 
     def splits(self):
         if self._splits is None:
@@ -305,7 +309,7 @@ def write_test_split(ctx, path: Path) -> dict | None:
             "source_checkpoint_sha256": ctx.checkpoint_sha256}
     np.savez_compressed(path, images=images, labels=y.astype(np.int64), class_names=np.asarray(ctx.classes()),
                         torch_top1=np.float64(top1), info=np.asarray(json.dumps(info)))
-    ctx.info["test_split"] = info
+    ctx.test_split = info
     return info
 
 

@@ -84,7 +84,7 @@ def write_bundle(ctx, precision: str, result: dict) -> tuple[Path, str]:
     bundle = stage_bundle(ctx.work, precision, result["files"])
     onnx_name = ONNX_NAME[precision]
     shp = engine_shapes(ctx)
-    x, _ = ctx.info["val"]
+    x, _ = ctx.val
     n = min(REFERENCE_IMAGES, len(x))
     batch = shp["opt"][0]
     if (ctx.work / "test.npz").is_file():  # written by the export pipeline before the target ran
@@ -99,7 +99,7 @@ def write_bundle(ctx, precision: str, result: dict) -> tuple[Path, str]:
     spec = BundleSpec(
         onnx=onnx_name, precision=precision, platform=ctx.opts.platform, dims=_dims(shp),
         feeds=[{INPUT: ctx.deploy_input(x[i:i + batch])} for i in range(0, n - n % batch, batch)],
-        fp32_logits=ctx.info["fp32_logits"][:n], tail=TOOLING_SCRIPT.format(model=model),
+        fp32_logits=ctx.fp32_logits[:n], tail=TOOLING_SCRIPT.format(model=model),
         labels={"labels.txt": classes}, triton=_triton_models(bundle / onnx_name, model, chw, classes, shp, ctx.opts),
         record={
             "input": INPUT, "output": OUTPUT, "outputs": [OUTPUT, PROBS], "input_dtype": "float32",
@@ -119,7 +119,7 @@ def write_bundle(ctx, precision: str, result: dict) -> tuple[Path, str]:
 
 def _readme(ctx, record: dict, data: dict, deepstream: dict, shp: dict, n: int) -> str:
     scale, offsets, _ = formats.nvinfer_scale(data)
-    test = ctx.info.get("test_split") or {}
+    test = ctx.test_split or {}
     chw, tol, precision = record["input_shape"][1:], record["reference"]["tolerances"], record["precision"]
     return README.format(
         precision=precision, version=_version(), run=ctx.run.path.name, method=ctx.cfg.method,

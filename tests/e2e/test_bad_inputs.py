@@ -343,7 +343,7 @@ def test_every_image_mode_becomes_8_bit_without_saturation(tmp_path, mode):
     """Real digit pixels in every Pillow mode decode to the same 8-bit picture (16-bit scaled, never clipped)."""
     from sklearn.datasets import load_digits
 
-    from edgevp.images import read_image
+    from edgevp.runtime.decode import read_image
 
     base = (load_digits().images[0] * 16).clip(0, 255).astype(np.uint8)  # 8x8, 0..255
     gray = Image.fromarray(base)

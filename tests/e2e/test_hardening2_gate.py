@@ -29,10 +29,9 @@ def _logits(labels: np.ndarray, right: np.ndarray, classes: int = 10) -> np.ndar
 def _gate(ref, got, y, extra_ref=None, extra_got=None, **options):
     """`gate_vs_fp32` on logit arrays: `ref`/`got` on the labelled val images, `extra_*` on unlabelled ones."""
     extra = np.zeros((0,), np.float32) if extra_ref is None else np.arange(len(extra_ref))
-    ctx = SimpleNamespace(info={"val": (np.arange(len(ref)), y), "fp32_logits": ref,
-                                "agreement_images": (extra, extra_ref)},
+    ctx = SimpleNamespace(val=(np.arange(len(ref)), y), fp32_logits=ref, agreement=(extra, extra_ref),
                           opts=ExportOptions(**options), deploy_input=lambda x: x, batch=1)
-    val_ids = ctx.info["val"][0]
+    val_ids = ctx.val[0]
     return gate_vs_fp32(ctx, lambda x: got if x is val_ids else extra_got, {"status": "ok"})
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edgevp import images
+from edgevp.runtime import decode
 from edgevp.cli import app
 
 RECIPE = Path(__file__).parents[2] / "recipes" / "tiny" / "vpt_deep.yaml"
@@ -61,30 +62,30 @@ FOLDER = ["-s", "data.name=folder", "-s", "train.epochs=1"]
 ])
 def test_config_is_checked_before_any_image_is_decoded(tmp_path, fresh_cache, sets, code, words):
     data = _folder(tmp_path / "data")
-    before = images.decoded_count()
+    before = decode.decoded_count()
     args = ["train", str(RECIPE), *FOLDER, "-s", f"data.root={data}", "-o", str(tmp_path / "run")]
     for s in sets:
         args += ["-s", s.format(tmp=tmp_path)]
     r = runner.invoke(app, args)
     assert r.exit_code == code and words in _one_line(r), r.output
-    assert images.decoded_count() == before  # not one image decoded
+    assert decode.decoded_count() == before  # not one image decoded
     assert not (tmp_path / "run").exists()  # nor a run directory created
 
 
 def test_an_unwritable_run_directory_is_found_before_any_image_is_decoded(tmp_path, fresh_cache):
     data = _folder(tmp_path / "data")
     (tmp_path / "a_file").write_text("x")
-    before = images.decoded_count()
+    before = decode.decoded_count()
     out = tmp_path / "a_file" / "run"
     r = runner.invoke(app, ["train", str(RECIPE), *FOLDER, "-s", f"data.root={data}", "-o", str(out)])
     assert r.exit_code == 2 and "cannot write to" in _one_line(r)
-    assert images.decoded_count() == before
+    assert decode.decoded_count() == before
 
 
 def test_the_decode_counter_counts_the_images_a_training_checks(tmp_path, fresh_cache):
-    before = images.decoded_count()
+    before = decode.decoded_count()
     images.check_images([str(p) for p in sorted(_folder(tmp_path / "data").rglob("*.png"))])
-    assert images.decoded_count() == before + 24
+    assert decode.decoded_count() == before + 24
 
 
 def test_zero_epochs_is_refused_in_one_line(tmp_path):
@@ -183,7 +184,7 @@ def test_decoded_images_are_writable_and_torch_does_not_warn(tmp_path):
     """The normal path (train on an image folder) with PyTorch's "NumPy array is not writable" warning as an error;
     a fresh process, since PyTorch gives that warning once per process."""
     data = _folder(tmp_path / "data")
-    assert images.read_image(data / "c0" / "0.png").flags.writeable
+    assert decode.read_image(data / "c0" / "0.png").flags.writeable
     env = {**os.environ, "EDGEVP_CACHE": str(tmp_path / "cache")}
     r = subprocess.run([sys.executable, "-W", "error:The given NumPy array is not writable:UserWarning", "-m",
                         "edgevp", "-q", "train", str(RECIPE), *FOLDER, "-s", f"data.root={data}", "-o",

@@ -129,7 +129,8 @@ def test_an_image_over_the_pixel_limit_is_skipped_like_an_undecodable_one(world,
 
 def test_training_refuses_an_image_over_the_pixel_limit_by_name(bombed):
     from edgevp.errors import DataError
-    from edgevp.images import check_images, read_image
+    from edgevp.images import check_images
+    from edgevp.runtime.decode import read_image
 
     with pytest.raises(DataError, match="huge.png': more than 178,956,970 pixels"):
         check_images([str(p) for p in sorted(bombed.rglob("*.png"))])

@@ -162,7 +162,7 @@ def test_the_device_scan_finds_exactly_the_training_scan(dataset, tmp_path):
 def test_a_non_square_backbone_input_is_refused_before_any_image_is_read(monkeypatch, tmp_path):
     import timm.data
 
-    from edgevp import images
+    from edgevp.runtime import decode
     from edgevp.train import fit
 
     from ..conftest import tiny_config
@@ -170,10 +170,10 @@ def test_a_non_square_backbone_input_is_refused_before_any_image_is_read(monkeyp
     real = timm.data.resolve_model_data_config
     monkeypatch.setattr(timm.data, "resolve_model_data_config",
                         lambda model: {**real(model), "input_size": (3, 32, 48)})
-    before = images.decoded_count()
+    before = decode.decoded_count()
     with pytest.raises(ConfigError, match="takes 32x48 images; edgevp trains square inputs only") as e:
         fit(tiny_config("linear", img_size=None), out=tmp_path / "run")
-    assert e.value.exit_code == 2 and images.decoded_count() == before and not (tmp_path / "run").exists()
+    assert e.value.exit_code == 2 and decode.decoded_count() == before and not (tmp_path / "run").exists()
 
 
 def test_the_runtime_imports_no_torch(no_torch_env, dataset):
