@@ -194,10 +194,17 @@ class ProfileRecord(_StageRecord):
     @classmethod
     def from_json(cls, data: Any, where: str):
         record = super().from_json(data, where)
-        if not isinstance(record.rows, list):
-            raise IncompatibleError(f"'{where}' is not a readable edgevp {cls.WHAT} (rows is not a list)",
+        if not isinstance(record.rows, list) or not all(isinstance(r, dict) for r in record.rows):
+            raise IncompatibleError(f"'{where}' is not a readable edgevp {cls.WHAT} (rows is not a list of objects)",
                                     f"give the {cls.WHAT} edgevp wrote")
-        return record
+        return replace(record, rows=[_task_field(r) for r in record.rows])
+
+
+def _task_field(row: dict[str, Any]) -> dict[str, Any]:
+    """A profile row with the pack's task as its `task` field: profiles written before it was one carried it in the
+    artifact's path ("model.onnx#task=2")."""
+    artifact, sep, task = str(row.get("artifact") or "").partition("#task=")
+    return {**row, "artifact": artifact, "task": task} if sep else row
 
 
 @dataclass(frozen=True)

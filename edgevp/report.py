@@ -211,7 +211,7 @@ def _pack_latency(pack: Path, files: list[Path], profiles: list[dict]) -> dict |
     for res in profiles + own:
         mine = []
         for r in res["rows"]:
-            art = (r.get("artifact") or "").partition("#")[0]
+            art = r.get("artifact") or ""
             if art and (Path(art).resolve().parent == pack or Path(art).resolve().parent.parent == pack):
                 mine.append(r)
             elif r.get("sha256") or r.get("onnx_sha256"):
@@ -223,7 +223,7 @@ def _pack_latency(pack: Path, files: list[Path], profiles: list[dict]) -> dict |
         if mine:
             row = min(mine, key=lambda r: r["batch"])
             art = row.get("artifact") or ""
-            task = art.partition("#task=")[2] or ("mixed" if art.endswith(".onnx") else None)
+            task = row.get("task") or ("mixed" if art.endswith(".onnx") else None)
             cond = res.get("conditions", {}).get(row["variant"], {})
             machine = res.get("machine", {})
             return {"p50_ms": row["p50_ms"], "batch": row["batch"], "task": task,

@@ -29,8 +29,10 @@ def _input_shape(dims, batch: int) -> list[int]:
     return shape
 
 
-def prepare_ort(path: str | Path, batch: int, device: str = "cpu", threads: int | None = None):
-    """An ONNX Runtime session on the requested execution provider; refuses one that silently fell back."""
+def prepare_ort(path: str | Path, batch: int, device: str = "cpu", threads: int | None = None,
+                task: str | None = None):
+    """An ONNX Runtime session on the requested execution provider; refuses one that silently fell back. A pack is
+    fed task ids `task` (one id, or "mixed": a different task per sample, the default)."""
     from ..runtime.sessions import onnxruntime, open_session
     from ..runtime.sidecar import precision_of
 
@@ -41,12 +43,12 @@ def prepare_ort(path: str | Path, batch: int, device: str = "cpu", threads: int 
     if wanted[0] not in ort.get_available_providers():
         raise MissingError(f"ONNX Runtime here has no {wanted[0]}", "install onnxruntime-gpu on a CUDA machine")
     # the measurement options: every graph optimisation, threads that do not spin between runs
-    sess = open_session(str(path).partition("#task=")[0], providers=wanted, threads=threads, optimization="all",
+    sess = open_session(str(path), providers=wanted, threads=threads, optimization="all",
                         spinning=False, log_severity=2)
     got = sess.get_providers()
     if got[0] != wanted[0]:  # the session fell back: numbers would be for the wrong device
         raise MissingError(f"asked for {wanted[0]} but the session runs on {got[0]}")
-    path, _, task = str(path).partition("#task=")
+    path = str(path)
     inp = sess.get_inputs()[0]
     x = np.random.default_rng(0).random(_input_shape(inp.shape, batch), dtype=np.float32)
     feed = {inp.name: x, **_pack_inputs(sess, path, batch, task or "mixed")}

@@ -20,17 +20,20 @@ class Variant:
     backend: str = "ort"  # ort | trt | trtexec
     device: str = "cpu"  # for ort: cpu | cuda | tensorrt
     info: dict = field(default_factory=dict)  # extra columns (method, prompts kept, top-1, ...)
+    task: str | None = None  # a pack's task ids per sample: one id or "mixed" (None: "mixed" for a pack)
 
 
 def _measure(v: Variant, batch: int, warmup: int, iters: int, threads: int | None, isolate: bool) -> dict:
     if not isolate:
         from .worker import measure_artifact
 
-        return measure_artifact(v.artifact, v.backend, batch, warmup, iters, v.device, threads)
+        return measure_artifact(v.artifact, v.backend, batch, warmup, iters, v.device, threads, v.task)
     cmd = [sys.executable, "-m", "edgevp.profile.worker", v.artifact, "--backend", v.backend, "--device", v.device,
            "--batch", str(batch), "--warmup", str(warmup), "--iters", str(iters)]
     if threads:
         cmd += ["--threads", str(threads)]
+    if v.task is not None:
+        cmd += ["--task", v.task]
     p = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
     if not lines:
@@ -48,7 +51,6 @@ def artifact_cost(path: str) -> dict:
     ONNX it was built from (its sidecar's): what lets a profile taken on the device find its run again."""
     from ..io import sha256_file
 
-    path = path.partition("#")[0]  # "model.onnx#task=2": the task a pack is timed on
     info = {"bytes": Path(path).stat().st_size, "sha256": sha256_file(path)}
     side = Path(path).with_suffix(".json")
     if path.endswith((".engine", ".plan")) and side.is_file():
@@ -86,9 +88,9 @@ def compare(variants: list[Variant], batches: list[int], rounds: int = 3, warmup
             s = median_of(samples[v.name])
             # the ratio within each round (same machine state for both): its spread is the comparison's noise
             per_round = [a.p50_ms / r.p50_ms for a, r in zip(samples[v.name], samples[variants[0].name])]
-            row = {"variant": v.name, "artifact": v.artifact, "batch": b, **s.to_dict(), "ratio_p50": s.p50_ms / ref.p50_ms,
-                   "ratio_p50_rounds": per_round,
-                   "rounds": rounds, "peak_rss_mib": conditions[v.name].get("peak_rss_mib"), **costs[v.name],
+            task = {"task": v.task} if v.task is not None else {}
+            row = {"variant": v.name, "artifact": v.artifact, **task, "batch": b, **s.to_dict(),
+                   "ratio_p50": s.p50_ms / ref.p50_ms, "ratio_p50_rounds": per_round, "rounds": rounds, "peak_rss_mib": conditions[v.name].get("peak_rss_mib"), **costs[v.name],
                    **v.info}
             ref_macs = costs[variants[0].name].get("macs")
             if ref_macs and costs[v.name].get("macs"):

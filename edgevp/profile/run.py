@@ -115,7 +115,7 @@ def profile_targets(target: Path, against: list[Path], backend: str, device: str
     if task is not None:
         for v in variants:
             if v.backend == "ort" and v.artifact.endswith(".onnx"):
-                v.artifact += f"#task={task}"  # ignored by single-task artifacts
+                v.task = str(task)  # ignored by single-task artifacts
     check_writable(out)  # before the measuring, not after it
     result = compare(variants, batches, rounds, warmup, iters, threads)
     return result, write_results(out, result)

@@ -14,11 +14,11 @@ from .latency import measure
 
 
 def measure_artifact(artifact: str, backend: str, batch: int, warmup: int, iters: int, device: str = "cpu",
-                     threads: int | None = None) -> dict:
+                     threads: int | None = None, task: str | None = None) -> dict:
     if backend == "ort":
         from .backends import prepare_ort
 
-        call, sync, cond = prepare_ort(artifact, batch, device, threads)
+        call, sync, cond = prepare_ort(artifact, batch, device, threads, task)
     elif backend == "trt":
         from .backends import prepare_trt
 
@@ -73,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--task", default=None)
     a = ap.parse_args(argv)
     try:
-        out = measure_artifact(a.artifact, a.backend, a.batch, a.warmup, a.iters, a.device, a.threads)
+        out = measure_artifact(a.artifact, a.backend, a.batch, a.warmup, a.iters, a.device, a.threads, a.task)
     except EdgevpError as e:
         print(json.dumps({"error": e.line(), "exit_code": e.exit_code}))
         return e.exit_code

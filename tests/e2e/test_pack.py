@@ -175,6 +175,8 @@ def test_pack_cli_gates_and_writes_tasks(runs, tmp_path):
     r = runner.invoke(app, ["profile", str(out / "model.onnx"), "--iters", "2", "--warmup", "1", "--rounds", "1",
                             "--task", "1"])
     assert r.exit_code == 0, r.output
+    rows = json.loads((out / "profile" / "profile.json").read_text())["rows"]  # the task is a field, not in a path
+    assert {(row["artifact"], row["task"]) for row in rows} == {(str(out / "model.onnx"), "1")}
     r = runner.invoke(app, ["profile", str(out / "model.onnx"), "--iters", "2", "--warmup", "1", "--rounds", "1",
                             "--task", "3"])
     assert r.exit_code == 2 and "task 3 is out of range" in r.output

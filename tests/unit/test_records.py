@@ -154,6 +154,9 @@ def test_stage_records_typed_fields():
     assert (pack.kind, pack.status, pack.source_run, pack.details["tasks"]) == ("pack", "failed", None, [{"run": "a"}])
     assert "source_run" not in pack.to_json() and "kind" not in ExportRecord.from_json(EXPORT_DOC, "m").to_json()
     assert EvalRecord.from_json(EVAL_DOC, "e").form == "engine-int8"
+    old = {"reference": "m", "rows": [{"variant": "m", "artifact": "p/model.onnx#task=2"}]}
+    assert ProfileRecord.from_json(old, "p").rows == [{"variant": "m", "artifact": "p/model.onnx", "task": "2"}]
+    assert old["rows"][0]["artifact"] == "p/model.onnx#task=2"  # the caller's document is not changed
     bare = ProfileRecord.from_json({"reference": "bare", "rows": []}, "p")  # conditions and machine may be absent
     assert (bare.conditions, bare.machine) == ({}, {})
     assert EvalRecord.from_json({**EVAL_DOC, "artifact": {"kind": "onnx", "precision": "fp16"}}, "e").form == "fp16"
