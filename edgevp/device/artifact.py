@@ -48,13 +48,45 @@ class Artifact:
                 "classes": None if self.classes is None else len(self.classes), "preprocessing": self.pre.to_dict()}
 
 
+@dataclass(frozen=True)
+class DeviceRuntime:
+    """A way to run a model file on the device: `open(path, task)` returns its `Artifact` (its `logits`, what it
+    takes, its classes). The device commands reach every runtime through `open_artifact`, by the file's suffix."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    open: Callable[[Path, int | None], Artifact]
+
+
+_RUNTIMES: dict[str, DeviceRuntime] = {}
+
+
+def register_runtime(name: str, suffixes: tuple[str, ...]):
+    """Function decorator: `@register_runtime("openvino", (".xml",))` on `open(path, task) -> Artifact`. A suffix
+    belongs to one runtime."""
+
+    def wrap(fn):
+        taken = {s: r.name for r in _RUNTIMES.values() if r.name != name for s in r.suffixes}
+        clash = [s for s in suffixes if s in taken]
+        if clash:
+            raise ValueError(f"suffix {clash[0]} is already the {taken[clash[0]]} runtime's")
+        _RUNTIMES[name] = DeviceRuntime(name, tuple(suffixes), fn)
+        return fn
+
+    return wrap
+
+
+def runtimes() -> list[DeviceRuntime]:
+    return list(_RUNTIMES.values())
+
+
 def open_artifact(path: str | Path, task: int | None = None, size: tuple[int, int] | None = None,
                   mean: tuple | None = None, std: tuple | None = None, labels: Path | None = None) -> Artifact:
     """Load ARTIFACT. Raises IncompatibleError (6) missing/unreadable, ConfigError (2) a foreign model without
     --size/--mean/--std, --task on a single-task model, a pack without --task or out of range, MissingError (4)
     no ONNX Runtime / TensorRT."""
-    p = resolve(path)
-    art = _open_engine(p) if p.suffix in ENGINE_SUFFIXES else _open_onnx(p, task)
+    p = resolve(path, tuple(s for r in _RUNTIMES.values() for s in r.suffixes))
+    art = next(r for r in _RUNTIMES.values() if p.suffix in r.suffixes).open(p, task)
     given = [n for n, v in (("--size", size), ("--mean", mean), ("--std", std)) if v is not None]
     if art.pre is None:  # a foreign model: no edgevp metadata
         if len(given) < 3:
@@ -77,6 +109,7 @@ def open_artifact(path: str | Path, task: int | None = None, size: tuple[int, in
     return art
 
 
+@register_runtime("onnxruntime", (".onnx",))
 def _open_onnx(p: Path, task: int | None) -> Artifact:
     from ..runtime import feeds
 
@@ -142,7 +175,8 @@ def engine_sidecar(p: Path) -> dict:
     return {}
 
 
-def _open_engine(p: Path) -> Artifact:
+@register_runtime("tensorrt", ENGINE_SUFFIXES)
+def _open_engine(p: Path, task: int | None = None) -> Artifact:
     from ..runtime.gpu import compute_capability, gpu_name
     from ..runtime.engine import TrtEngineRunner, check_sidecar
 

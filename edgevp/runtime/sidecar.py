@@ -77,16 +77,17 @@ def precision_of(model: str | Path, sidecar: dict | None = None, input_type: str
     return "fp32"
 
 
-def resolve(path: str | Path) -> Path:
-    """The model file of ARTIFACT: the file itself, or inside a directory an engine (when TensorRT is here) or the
-    ONNX. Raises IncompatibleError (exit 6) when there is none."""
+def resolve(path: str | Path, suffixes: tuple[str, ...] = (".onnx", *ENGINE_SUFFIXES)) -> Path:
+    """The model file of ARTIFACT: the file itself (one of `suffixes`: the device runtimes' files), or inside a
+    directory an engine (when TensorRT is here) or the ONNX. Raises IncompatibleError (exit 6) when there is none."""
     p = Path(path)
     if not p.exists():
         raise IncompatibleError(f"artifact '{p}' does not exist",
                                 "give an .onnx file, an .engine, or an export / bundle / pack directory")
     if p.is_file():
-        if p.suffix not in (".onnx", *ENGINE_SUFFIXES):
-            raise IncompatibleError(f"'{p}' is not an ONNX model or a TensorRT engine (.onnx, .engine, .plan)")
+        if p.suffix not in suffixes:
+            raise IncompatibleError(f"'{p}' is no model a device runtime here opens ({', '.join(suffixes)})",
+                                    "give an .onnx file, an .engine, or an export / bundle / pack directory")
         return p
     engines = sorted(q for q in p.iterdir() if q.suffix in ENGINE_SUFFIXES and q.is_file())
     if engines and optional("tensorrt") is not None:
