@@ -210,8 +210,8 @@ def write_eval(out: Path, artifact: Artifact, data: EvalData, result: dict, refe
     """eval.json, eval.csv (per class), confusion.csv, confusion.png (with matplotlib). Returns the eval.json dict."""
     from .. import __version__
     from ..io import sha256_file, write_text
-    from ..records import EvalRecord
     from ..optional import pyplot
+    from ..records import EvalRecord
     from ..runs import now
 
     out.mkdir(parents=True, exist_ok=True)

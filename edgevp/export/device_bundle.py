@@ -15,15 +15,24 @@ Torch-free: nothing here runs a model except ONNX Runtime on the bundle's own ON
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..conformance.platforms import resolve
 from ..io import sha256_file, write_json, write_text
-from .bundle import SCRIPT, SCRIPT_EXITS, bundle_versions, flags_by_version, shapes_arg, verify_script, version_cases, write_references
+from .bundle import (
+    SCRIPT,
+    SCRIPT_EXITS,
+    bundle_versions,
+    flags_by_version,
+    shapes_arg,
+    verify_script,
+    version_cases,
+    write_references,
+)
 
 SCRIPTS = ("build_engine.sh", "verify.sh")
 
