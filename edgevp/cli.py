@@ -321,10 +321,11 @@ def report(
 @app.command("list")
 @handle_errors
 def list_(
-    what: Annotated[str, typer.Argument(help="methods | targets | models | datasets | exit-codes")] = "methods",
+    what: Annotated[str, typer.Argument(help="methods | targets | runtimes | models | datasets | exit-codes")]
+    = "methods",
     pattern: Annotated[str, typer.Option(help="wildcard filter for models")] = "vit_*",
 ) -> None:
-    """List prompt methods, export targets, timm models, datasets or exit codes."""
+    """List prompt methods, export targets, device runtimes, timm models, datasets or exit codes."""
     if what == "methods":
         from .registry import method_specs
 
@@ -338,6 +339,11 @@ def list_(
         for name in list_targets():
             t = get_target(name)
             typer.echo(f"{name:9s} opset {'/'.join(map(str, t.opsets)):6s} {t.help}")
+    elif what == "runtimes":
+        from .device.artifact import runtimes
+
+        for r in runtimes():
+            typer.echo(f"{r.name:12s} {' '.join(r.suffixes)}")
     elif what == "models":
         import timm
 
@@ -352,7 +358,7 @@ def list_(
         for code, text in EXIT_CODES.items():
             typer.echo(f"{code:4d}  {text}")
     else:
-        raise ConfigError(f"cannot list '{what}'; choose methods, targets, models, datasets or exit-codes")
+        raise ConfigError(f"cannot list '{what}'; choose methods, targets, runtimes, models, datasets or exit-codes")
 
 
 @app.command(epilog="Example: `edgevp demo -s data.limit_train=600 -s train.epochs=3` (a shorter demo)")

@@ -59,6 +59,13 @@ def test_a_registered_runtime_serves_eval_and_predict(linear_runtime, tmp_path):
     assert json.loads(r.output)["predictions"][0]["top"][0]["label"] == "bright"
 
 
+def test_edgevp_list_runtimes_shows_the_registry(linear_runtime):
+    r = CliRunner().invoke(app, ["list", "runtimes"])
+    assert r.exit_code == 0, r.output
+    lines = [line.split() for line in r.output.splitlines()]
+    assert lines == [["onnxruntime", ".onnx"], ["tensorrt", ".engine", ".plan"], ["linear-test", ".linear"]]
+
+
 def test_a_file_no_runtime_opens_is_one_line(tmp_path):
     (tmp_path / "model.linear").write_bytes(b"")
     r = CliRunner().invoke(app, ["eval", str(tmp_path / "model.linear"), "--data", str(tmp_path)])
