@@ -241,3 +241,21 @@ def test_the_scans_catch_what_they_look_for():
     got = private_imports(ast.parse(src), "edgevp.device.evaluate", "edgevp.device")
     assert [what for _, what in got] == ["from edgevp.profile.device import _read", "from edgevp.runs import _now",
                                          "edgevp.profile.device._run", "edgevp.export.pipeline._install"]
+
+
+MAX_FUNCTION_LINES = 80  # issue 19: no function over ~80 lines in edgevp/ (a longer one does several jobs)
+
+
+def long_functions(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, name and length) of every function or method longer than MAX_FUNCTION_LINES, decorators excluded."""
+    return [(node.lineno, f"{node.name} ({node.end_lineno - node.lineno + 1} lines)") for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+
+
+def test_no_function_is_over_80_lines():
+    bad = _scan(lambda tree, module, package: long_functions(tree))
+    assert not bad, "cut the function at its seams (one job each):\n" + "\n".join(bad)
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))  # 81 lines with the def: caught
+    assert long_functions(ast.parse(f"def f():\n{body}\n")) == [(1, f"f ({MAX_FUNCTION_LINES + 1} lines)")]
+    assert long_functions(ast.parse("def g():\n" + "\n".join(body.splitlines()[1:]) + "\n")) == []
