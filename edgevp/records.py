@@ -108,10 +108,14 @@ class _StageRecord:
     """Base of the stage records: typed header fields + `details`, read and written as one JSON object."""
 
     details: dict[str, Any] = field(default_factory=dict, kw_only=True)
-    schema_version: int = field(default=1, kw_only=True)
+    schema_version: int | None = field(default=None, kw_only=True)  # None: this edgevp's (SCHEMA)
 
     SCHEMA: ClassVar[int] = 1
     WHAT: ClassVar[str] = "record"
+
+    def __post_init__(self):
+        if self.schema_version is None:  # a record made here, not read: it is written in this edgevp's schema
+            object.__setattr__(self, "schema_version", self.SCHEMA)
 
     def to_json(self) -> dict[str, Any]:
         head = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("details", "schema_version")}

@@ -148,6 +148,13 @@ def test_stage_records_round_trip_and_carry_their_schema_version(tmp_path, cls, 
     assert again == record and json.loads((tmp_path / "x.json").read_text())["schema_version"] == 1
 
 
+def test_a_record_made_here_carries_this_edgevps_schema(monkeypatch):
+    monkeypatch.setattr(ExportRecord, "SCHEMA", 2)  # as after a change of shape
+    made = ExportRecord(status="ok", target="onnx", precision="fp32", created_at="t")
+    assert made.schema_version == 2 and made.to_json()["schema_version"] == 2
+    assert ExportRecord.from_json(EXPORT_DOC, "m.json").schema_version == 1  # a read record keeps its own
+
+
 def test_stage_records_typed_fields():
     assert ExportRecord.from_json(EXPORT_DOC, "m.json").kind == "export"
     pack = ExportRecord.from_json(PACK_DOC, "pack.json")
