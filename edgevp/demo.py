@@ -12,7 +12,6 @@ from .console import Reporter
 from .errors import ConfigError
 from .io import write_json, write_text
 from .recipe import build_run_config
-from .records import train_info_of
 from .runs import RunDir
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "dinov2_fmnist"
@@ -47,7 +46,7 @@ def run_demo(out: Path, methods: list[str], sets: list[str], quiet: bool = False
             rep.log("== vpt_deep + Prompt Condensation (keep 30 %) ==")
             r = condense_pc(res.run_dir, root / "vpt_deep-pc30", PCOptions(keep=0.3, finetune_epochs=1,
                                                                            score_batches=10), Reporter(quiet=quiet))
-            info = train_info_of(RunDir(root / "vpt_deep-pc30").manifest())
+            info = RunDir(root / "vpt_deep-pc30").train_info()
             rows.append({"method": f"vpt_deep+pc30 ({r['kept']}/{r['total']})",
                          "trainable_params": info.trainable_params, "prompt_params": info.prompt_params,
                          "gmacs": round(r["macs"]["after"] / 1e9, 4), "val_top1": round(info.best_val_top1, 2),

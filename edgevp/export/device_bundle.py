@@ -23,6 +23,7 @@ import numpy as np
 
 from ..conformance.platforms import resolve
 from ..io import sha256_file, write_json, write_text
+from ..runtime import formats
 from .bundle import (
     SCRIPT,
     SCRIPT_EXITS,
@@ -94,8 +95,6 @@ def stage_bundle(work: Path, precision: str, files: list[str]) -> Path:
 
 def write_device_bundle(bundle: Path, spec: BundleSpec) -> dict:
     """Write every file of the bundle into `bundle` (holding the ONNX already); returns model.json's record."""
-    from ..runtime import formats
-
     platforms = resolve(spec.platform)
     ref = write_references(bundle, spec.onnx, spec.feeds, spec.precision, spec.fp32_logits,
                            int32_inputs=spec.int32_inputs)
@@ -122,8 +121,6 @@ def write_device_bundle(bundle: Path, spec: BundleSpec) -> dict:
 
 
 def _write_triton_model(folder: Path, model: TritonModel) -> None:
-    from ..runtime import formats
-
     (folder / "1").mkdir(parents=True)
     write_text(folder / "labels.txt", formats.labels_txt(model.labels))
     write_text(folder / "config.pbtxt", formats.triton_config(

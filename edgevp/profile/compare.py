@@ -90,8 +90,8 @@ def compare(variants: list[Variant], batches: list[int], rounds: int = 3, warmup
             per_round = [a.p50_ms / r.p50_ms for a, r in zip(samples[v.name], samples[variants[0].name])]
             task = {"task": v.task} if v.task is not None else {}
             row = {"variant": v.name, "artifact": v.artifact, **task, "batch": b, **s.to_dict(),
-                   "ratio_p50": s.p50_ms / ref.p50_ms, "ratio_p50_rounds": per_round, "rounds": rounds, "peak_rss_mib": conditions[v.name].get("peak_rss_mib"), **costs[v.name],
-                   **v.info}
+                   "ratio_p50": s.p50_ms / ref.p50_ms, "ratio_p50_rounds": per_round, "rounds": rounds,
+                   "peak_rss_mib": conditions[v.name].get("peak_rss_mib"), **costs[v.name], **v.info}
             ref_macs = costs[variants[0].name].get("macs")
             if ref_macs and costs[v.name].get("macs"):
                 row["ratio_macs"] = costs[v.name]["macs"] / ref_macs

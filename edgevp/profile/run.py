@@ -69,7 +69,7 @@ def torch_run_variants(run: Path, device: str, backend: str = "torch") -> list[V
                         {"macs": train_info.macs, "params": train_info.total_params, "role": "this run"})]
     source = _condensed_from(run)
     if source is not None and source.is_dir():
-        info = train_info_of(RunDir(source).manifest()) or TrainInfo()
+        info = RunDir(source).train_info() or TrainInfo()
         variants.insert(1, Variant("uncondensed source", str(source), backend, device,
                                    {"macs": info.macs, "params": info.total_params}))
     for v in variants:

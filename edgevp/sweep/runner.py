@@ -178,7 +178,7 @@ def _run_trial(sweep: _Sweep, study, trial, storage) -> None:
             sweep.rep.log(f"trial {trial.number} failed: {error}")
             return
     value = metric_of(RunDir(run_dir).metrics(), sweep.opts.metric)
-    info = train_info_of(RunDir(run_dir).manifest())
+    info = RunDir(run_dir).train_info()
     trial.set_user_attr("test_top1", info and info.test_top1)
     if value is None:
         trial.set_user_attr("error", f"the run recorded no {sweep.opts.metric}")
